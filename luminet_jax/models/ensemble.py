@@ -1,0 +1,3 @@
+"""STUB: to be implemented."""
+
+Ensemble = None  # STUB

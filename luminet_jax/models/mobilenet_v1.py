@@ -1,0 +1,3 @@
+"""STUB: to be implemented."""
+
+MobileNetV1 = None  # STUB

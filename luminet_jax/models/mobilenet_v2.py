@@ -1,0 +1,3 @@
+"""STUB: to be implemented."""
+
+MobileNetV2 = None  # STUB

@@ -1,0 +1,3 @@
+"""STUB: to be implemented."""
+
+ShuffleNetV1 = None  # STUB

@@ -1,0 +1,3 @@
+"""STUB: to be implemented."""
+
+ShuffleNetV2 = None  # STUB
