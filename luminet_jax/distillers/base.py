@@ -11,7 +11,11 @@ import jax
 
 @flax.struct.dataclass
 class LossOutput:
-    """A distiller's result: the total loss and its named parts (scalars)."""
+    """A distiller's result: the total loss and its named parts (scalars).
+
+    As in mdistiller, the parts are already weighted (and ramped), so `total` is their sum:
+    `parts = {"loss_ce": ce_weight * CE, "loss_kd": ramp * weight * KD-term}`.
+    """
 
     total: jax.Array
     parts: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
@@ -35,5 +39,3 @@ class Distiller(Protocol):
         epoch: jax.Array | int,  # 1-based integer epoch, computed from the step counter
         axis_name: str | None = None,  # data axis inside shard_map; None on one device
     ) -> LossOutput: ...
-
-

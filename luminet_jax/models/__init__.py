@@ -11,7 +11,6 @@ Models take `num_classes`, `dtype` (compute dtype; None = the inputs' dtype) and
 
 from __future__ import annotations
 
-
 import flax.linen as nn
 
 from luminet_jax.models import (

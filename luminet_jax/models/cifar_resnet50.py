@@ -1,3 +1,92 @@
-"""STUB: to be implemented."""
+"""mdistiller's CIFAR ResNet50 (`resnetv2.py`): bottlenecks [3, 4, 6, 3] with a 3x3 stem.
 
-ResNet50Cifar = None  # STUB
+The stem is a stride-1 3x3 conv (no max-pool); stages have widths 64, 128, 256, 512
+(x4 expansion) and strides 1, 2, 2, 2. The projection shortcut is PyTorch's `shortcut`
+Sequential (`shortcut_0` conv, `shortcut_1` BatchNorm) and the classifier is `linear`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from luminet_jax.models import layers
+
+EXPANSION = 4
+
+
+class Bottleneck(nn.Module):
+    """1x1-3x3(stride)-1x1 bottleneck with a projection shortcut when shapes change."""
+
+    planes: int
+    stride: int
+    conv: Any
+    norm: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out_planes = EXPANSION * self.planes
+        out = nn.relu(self.norm(name="bn1")(self.conv(self.planes, 1, 1, name="conv1")(x)))
+        out = self.conv(self.planes, 3, self.stride, name="conv2")(out)
+        out = nn.relu(self.norm(name="bn2")(out))
+        out = self.norm(name="bn3")(self.conv(out_planes, 1, 1, name="conv3")(out))
+        shortcut = x
+        if self.stride != 1 or x.shape[-1] != out_planes:
+            shortcut = self.conv(out_planes, 1, self.stride, name="shortcut_0")(x)
+            shortcut = self.norm(name="shortcut_1")(shortcut)
+        return nn.relu(out + shortcut)
+
+
+class ResNet50Cifar(nn.Module):
+    """mdistiller's ResNet50 for 32x32 inputs.
+
+    Attributes:
+      num_classes: classifier size.
+      num_blocks: bottlenecks per stage.
+      dtype: compute dtype (None: the inputs' dtype).
+      param_dtype: parameter dtype.
+      axis_name: BatchNorm synchronization axis.
+    """
+
+    num_classes: int
+    num_blocks: Sequence[int] = (3, 4, 6, 3)
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+        dtype = layers.compute_dtype(self.dtype, x)
+        conv = functools.partial(layers.conv, dtype=dtype, param_dtype=self.param_dtype)
+        norm = layers.batch_norm(
+            train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
+        )
+        feats = {}
+        x = x.astype(dtype)
+        x = nn.relu(norm(name="bn1")(conv(64, 3, 1, name="conv1")(x)))
+        feats["stem"] = x
+        widths = (64, 128, 256, 512)
+        strides = (1, 2, 2, 2)
+        for stage, (planes, stride, blocks) in enumerate(
+            zip(widths, strides, self.num_blocks), start=1
+        ):
+            for i in range(blocks):
+                x = Bottleneck(
+                    planes, stride if i == 0 else 1, conv, norm, name=f"layer{stage}_{i}"
+                )(x)
+            feats[f"stage{stage}"] = x
+        pooled = layers.global_avg_pool(x)
+        feats["pooled"] = pooled
+        logits = layers.dense(
+            self.num_classes,
+            pooled.shape[-1],
+            dtype=dtype,
+            param_dtype=self.param_dtype,
+            name="linear",
+        )(pooled)
+        return logits, feats

@@ -1,5 +1,116 @@
-"""STUB: to be implemented."""
+"""ImageNet ResNets in torchvision's layout: resnet18, resnet34, resnet50 (v1.5).
 
-ResNet18 = None  # STUB
-ResNet34 = None  # STUB
-ResNet50 = None  # STUB
+7x7/2 stem conv, BatchNorm, ReLU, 3x3/2 max-pool, four stages (strides 1, 2, 2, 2) of
+BasicBlocks or Bottlenecks (stride on the 3x3 conv), global pooling and `fc`. Names follow
+torchvision (`conv1`, `bn1`, `layer1_0/conv1`, `layer1_0/downsample_0`, ...), so torchvision
+state_dicts convert with torch_convert's generic rule.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from luminet_jax.models import layers
+
+
+class BasicBlock(nn.Module):
+    """torchvision BasicBlock (expansion 1)."""
+
+    planes: int
+    stride: int
+    conv: Any
+    norm: Any
+
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = nn.relu(
+            self.norm(name="bn1")(self.conv(self.planes, 3, self.stride, name="conv1")(x))
+        )
+        out = self.norm(name="bn2")(self.conv(self.planes, 3, 1, name="conv2")(out))
+        return nn.relu(out + _shortcut(self, x, self.planes))
+
+
+class Bottleneck(nn.Module):
+    """torchvision Bottleneck (v1.5: stride on the 3x3 conv, expansion 4)."""
+
+    planes: int
+    stride: int
+    conv: Any
+    norm: Any
+
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = nn.relu(self.norm(name="bn1")(self.conv(self.planes, 1, 1, name="conv1")(x)))
+        out = self.conv(self.planes, 3, self.stride, name="conv2")(out)
+        out = nn.relu(self.norm(name="bn2")(out))
+        out = self.norm(name="bn3")(self.conv(self.planes * 4, 1, 1, name="conv3")(out))
+        return nn.relu(out + _shortcut(self, x, self.planes * 4))
+
+
+def _shortcut(block: nn.Module, x: jax.Array, out_planes: int) -> jax.Array:
+    """Identity, or torchvision's `downsample` (1x1 conv + BN) when stride or width changes."""
+    if block.stride == 1 and x.shape[-1] == out_planes:
+        return x
+    y = block.conv(out_planes, 1, block.stride, name="downsample_0")(x)
+    return block.norm(name="downsample_1")(y)
+
+
+class ResNet(nn.Module):
+    """torchvision ResNet.
+
+    Attributes:
+      stage_sizes: blocks per stage.
+      block: BasicBlock or Bottleneck.
+      num_classes: classifier size.
+      dtype: compute dtype (None: the inputs' dtype).
+      param_dtype: parameter dtype.
+      axis_name: BatchNorm synchronization axis.
+    """
+
+    stage_sizes: Sequence[int]
+    block: Any
+    num_classes: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+        dtype = layers.compute_dtype(self.dtype, x)
+        conv = functools.partial(layers.conv, dtype=dtype, param_dtype=self.param_dtype)
+        norm = layers.batch_norm(
+            train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
+        )
+        feats = {}
+        x = conv(64, 7, 2, 3, name="conv1")(x.astype(dtype))
+        x = nn.relu(norm(name="bn1")(x))
+        x = layers.max_pool(x, 3, 2, 1)
+        feats["stem"] = x
+        for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), self.stage_sizes), 1):
+            stride = 1 if stage == 1 else 2
+            for i in range(blocks):
+                x = self.block(
+                    planes, stride if i == 0 else 1, conv, norm, name=f"layer{stage}_{i}"
+                )(x)
+            feats[f"stage{stage}"] = x
+        pooled = layers.global_avg_pool(x)
+        feats["pooled"] = pooled
+        logits = layers.dense(
+            self.num_classes, pooled.shape[-1], dtype=dtype, param_dtype=self.param_dtype, name="fc"
+        )(pooled)
+        return logits, feats
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck)

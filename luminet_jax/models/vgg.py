@@ -1,7 +1,95 @@
-"""STUB: to be implemented."""
+"""CIFAR VGGs with BatchNorm (mdistiller's `vgg.py`): vgg8, vgg11, vgg13, vgg16, vgg19.
 
-VGG8 = None  # STUB
-VGG11 = None  # STUB
-VGG13 = None  # STUB
-VGG16 = None  # STUB
-VGG19 = None  # STUB
+Five blocks of conv3x3(+bias)-BN-ReLU; the last ReLU of each block is applied outside the
+block (mdistiller keeps the pre-activation as a feature), 2x2 max-pools after blocks 0-2,
+pool3 only for 64x64 inputs (skipped at 32x32), then global average pooling and one linear
+classifier. PyTorch's `blockK` Sequential indexes conv, BN, ReLU as 0, 1, 2, 3, 4, ...
+so the j-th conv of block K is `blockK_{3j}` and its BatchNorm `blockK_{3j+1}`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from luminet_jax.models import layers
+
+CFGS = {
+    "vgg8": ((64,), (128,), (256,), (512,), (512,)),
+    "vgg11": ((64,), (128,), (256, 256), (512, 512), (512, 512)),
+    "vgg13": ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
+    "vgg16": ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
+    "vgg19": ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4),
+}
+
+
+class VGG(nn.Module):
+    """mdistiller's CIFAR VGG with BatchNorm.
+
+    Attributes:
+      cfg: conv widths of the five blocks.
+      num_classes: classifier size.
+      dtype: compute dtype (None: the inputs' dtype).
+      param_dtype: parameter dtype.
+      axis_name: BatchNorm synchronization axis.
+    """
+
+    cfg: Sequence[Sequence[int]]
+    num_classes: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+        dtype = layers.compute_dtype(self.dtype, x)
+        norm = layers.batch_norm(
+            train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
+        )
+        height = x.shape[1]
+        x = x.astype(dtype)
+        feats = {}
+        for b, widths in enumerate(self.cfg):
+            if b == 4 and height == 64:
+                x = layers.max_pool(x, 2, 2)  # pool3, only for 64x64 inputs as in the reference
+            for j, width in enumerate(widths):
+                if j > 0:
+                    x = nn.relu(x)
+                x = layers.conv(
+                    width,
+                    3,
+                    1,
+                    dtype=dtype,
+                    param_dtype=self.param_dtype,
+                    use_bias=True,
+                    name=f"block{b}_{3 * j}",
+                )(x)
+                x = norm(name=f"block{b}_{3 * j + 1}")(x)
+            x = nn.relu(x)
+            feats["stem" if b == 0 else f"stage{b}"] = x
+            if b < 3:
+                x = layers.max_pool(x, 2, 2)
+        pooled = layers.global_avg_pool(x)
+        feats["pooled"] = pooled
+        logits = layers.dense(
+            self.num_classes,
+            pooled.shape[-1],
+            dtype=dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(0.01),
+            bias_init=nn.initializers.zeros,
+            name="classifier",
+        )(pooled)
+        return logits, feats
+
+
+VGG8 = functools.partial(VGG, cfg=CFGS["vgg8"])
+VGG11 = functools.partial(VGG, cfg=CFGS["vgg11"])
+VGG13 = functools.partial(VGG, cfg=CFGS["vgg13"])
+VGG16 = functools.partial(VGG, cfg=CFGS["vgg16"])
+VGG19 = functools.partial(VGG, cfg=CFGS["vgg19"])

@@ -1,6 +1,121 @@
-"""STUB: to be implemented."""
+"""Wide ResNets for CIFAR (mdistiller's `wrn.py`): wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2.
 
-WRN16x1 = None  # STUB
-WRN16x2 = None  # STUB
-WRN40x1 = None  # STUB
-WRN40x2 = None  # STUB
+Pre-activation blocks (BN-ReLU-conv), three groups of widths 16k, 32k, 64k (strides 1, 2, 2),
+and a final BN-ReLU before global pooling. Dropout is 0 as in mdistiller's teachers and
+students, so it is omitted. Names follow the PyTorch reference: `conv1`,
+`block1/layer_0/{bn1,conv1,bn2,conv2,convShortcut}`, `bn1`, `fc`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from luminet_jax.models import layers
+
+
+class WideBasic(nn.Module):
+    """Pre-activation block; the 1x1 shortcut (when widths differ) sees the activated input."""
+
+    out_planes: int
+    stride: int
+    conv: Any
+    norm: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        equal_in_out = x.shape[-1] == self.out_planes
+        act = nn.relu(self.norm(name="bn1")(x))
+        out = self.conv(self.out_planes, 3, self.stride, name="conv1")(act)
+        out = nn.relu(self.norm(name="bn2")(out))
+        out = self.conv(self.out_planes, 3, 1, name="conv2")(out)
+        if equal_in_out:
+            # As in the reference, an equal-width block keeps an identity shortcut on the raw
+            # input (it never has stride 2 in these networks).
+            shortcut = x
+        else:
+            shortcut = self.conv(self.out_planes, 1, self.stride, padding=0, name="convShortcut")(
+                act
+            )
+        return shortcut + out
+
+
+class NetworkBlock(nn.Module):
+    """A group of `num_layers` WideBasic blocks (PyTorch `NetworkBlock.layer` Sequential)."""
+
+    num_layers: int
+    out_planes: int
+    stride: int
+    conv: Any
+    norm: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(self.num_layers):
+            x = WideBasic(
+                self.out_planes,
+                self.stride if i == 0 else 1,
+                self.conv,
+                self.norm,
+                name=f"layer_{i}",
+            )(x)
+        return x
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-widen for 32x32 inputs.
+
+    Attributes:
+      depth: 6n + 4.
+      widen_factor: width multiplier k.
+      num_classes: classifier size.
+      dtype: compute dtype (None: the inputs' dtype).
+      param_dtype: parameter dtype.
+      axis_name: BatchNorm synchronization axis.
+    """
+
+    depth: int
+    widen_factor: int
+    num_classes: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+        dtype = layers.compute_dtype(self.dtype, x)
+        conv = functools.partial(layers.conv, dtype=dtype, param_dtype=self.param_dtype)
+        norm = layers.batch_norm(
+            train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
+        )
+        n = (self.depth - 4) // 6
+        k = self.widen_factor
+        feats = {}
+        x = conv(16, 3, 1, name="conv1")(x.astype(dtype))
+        feats["stem"] = x
+        for g, (width, stride) in enumerate(zip((16 * k, 32 * k, 64 * k), (1, 2, 2)), start=1):
+            x = NetworkBlock(n, width, stride, conv, norm, name=f"block{g}")(x)
+            feats[f"stage{g}"] = x
+        x = nn.relu(norm(name="bn1")(x))
+        # Reference: avg_pool2d(8) on the 8x8 map; a global mean is the same at 32x32.
+        pooled = layers.global_avg_pool(x)
+        feats["pooled"] = pooled
+        logits = layers.dense(
+            self.num_classes,
+            pooled.shape[-1],
+            dtype=dtype,
+            param_dtype=self.param_dtype,
+            bias_init=nn.initializers.zeros,
+            name="fc",
+        )(pooled)
+        return logits, feats
+
+
+WRN16x1 = functools.partial(WideResNet, depth=16, widen_factor=1)
+WRN16x2 = functools.partial(WideResNet, depth=16, widen_factor=2)
+WRN40x1 = functools.partial(WideResNet, depth=40, widen_factor=1)
+WRN40x2 = functools.partial(WideResNet, depth=40, widen_factor=2)

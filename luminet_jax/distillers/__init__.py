@@ -1,0 +1,56 @@
+"""Distillation losses: LumiNet and the logit-based baselines it is compared with."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from luminet_jax.distillers import base, common, dkd, kd, logit_standardization, luminet, vanilla
+
+LossOutput = base.LossOutput
+Distiller = base.Distiller
+
+perception = luminet.perception
+luminet_kl = luminet.luminet_kl
+kd_loss = kd.kd_loss
+dkd_loss = dkd.dkd_loss
+standardize = logit_standardization.standardize
+ensemble_logits = common.ensemble_logits
+softmax_xent = common.softmax_xent
+topk_correct = common.topk_correct
+topk_accuracy = common.topk_accuracy
+
+DISTILLERS = {
+    "vanilla": vanilla.Vanilla,
+    "kd": kd.KD,
+    "dkd": dkd.DKD,
+    "luminet": luminet.LumiNet,
+    "kd_ls": logit_standardization.KDLS,
+    "dkd_ls": logit_standardization.DKDLS,
+}
+
+
+def get_distiller(name: str, **hparams) -> base.Distiller:
+    """Builds the distiller registered under `name` with the given hyperparameters.
+
+    Args:
+      name: a key of `DISTILLERS`.
+      **hparams: that distiller's hyperparameters (unset ones keep their defaults).
+
+    Returns:
+      A frozen dataclass instance following the `base.Distiller` protocol.
+
+    Raises:
+      KeyError: unknown name (the message lists the known names).
+      TypeError: a hyperparameter the distiller does not take (the message names it).
+    """
+    if name not in DISTILLERS:
+        raise KeyError(f"Unknown distiller {name!r}; known: {sorted(DISTILLERS)}")
+    cls = DISTILLERS[name]
+    accepted = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(hparams) - accepted)
+    if unknown:
+        raise TypeError(
+            f"Distiller {name!r} got unknown hyperparameter(s) {unknown}; "
+            f"it accepts {sorted(accepted)}."
+        )
+    return cls(**hparams)

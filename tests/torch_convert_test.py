@@ -1,0 +1,390 @@
+"""from_torch and the convert CLI against small PyTorch reference modules.
+
+The reference modules below are written from the architecture descriptions (mdistiller's
+CIFAR ResNet / ResNet50 / WRN / VGG, torchvision's ResNet18) with PyTorch's attribute names;
+random weights and random BatchNorm affine + running statistics make the eval-mode
+comparison sensitive to every converted tensor (layout, BN mean/var swap, padding).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from luminet_jax import models
+from luminet_jax.models import torch_convert
+
+torch = pytest.importorskip("torch")
+tnn = torch.nn
+F = torch.nn.functional
+
+
+# ----------------------------------------------------------------------------------------
+# PyTorch references (own code, written from the architecture descriptions).
+
+
+class CifarBasic(tnn.Module):
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(planes)
+        self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = tnn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or cin != planes:
+            self.downsample = tnn.Sequential(
+                tnn.Conv2d(cin, planes, 1, stride, bias=False), tnn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class CifarResNet(tnn.Module):
+    def __init__(self, depth, filters, num_classes):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv1 = tnn.Conv2d(3, filters[0], 3, 1, 1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(filters[0])
+        cin = filters[0]
+        for s, (planes, stride) in enumerate(zip(filters[1:], (1, 2, 2)), 1):
+            blocks = []
+            for i in range(n):
+                blocks.append(CifarBasic(cin, planes, stride if i == 0 else 1))
+                cin = planes
+            setattr(self, f"layer{s}", tnn.Sequential(*blocks))
+        self.fc = tnn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(F.avg_pool2d(x, 8).flatten(1))
+
+
+class Bottleneck(tnn.Module):
+    def __init__(self, cin, planes, stride, shortcut_name):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(planes)
+        self.conv2 = tnn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = tnn.BatchNorm2d(planes)
+        self.conv3 = tnn.Conv2d(planes, 4 * planes, 1, bias=False)
+        self.bn3 = tnn.BatchNorm2d(4 * planes)
+        proj = None
+        if stride != 1 or cin != 4 * planes:
+            proj = tnn.Sequential(
+                tnn.Conv2d(cin, 4 * planes, 1, stride, bias=False), tnn.BatchNorm2d(4 * planes)
+            )
+        self.shortcut_name = shortcut_name
+        setattr(self, shortcut_name, proj)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        proj = getattr(self, self.shortcut_name)
+        return F.relu(out + (x if proj is None else proj(x)))
+
+
+class CifarResNet50(tnn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(64)
+        cin = 64
+        for s, (planes, n, stride) in enumerate(
+            zip((64, 128, 256, 512), (3, 4, 6, 3), (1, 2, 2, 2)), 1
+        ):
+            blocks = []
+            for i in range(n):
+                blocks.append(Bottleneck(cin, planes, stride if i == 0 else 1, "shortcut"))
+                cin = 4 * planes
+            setattr(self, f"layer{s}", tnn.Sequential(*blocks))
+        self.linear = tnn.Linear(2048, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class ImageNetResNet18(tnn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = tnn.BatchNorm2d(64)
+        cin = 64
+        for s, planes in enumerate((64, 128, 256, 512), 1):
+            blocks = []
+            for i in range(2):
+                blocks.append(CifarBasic(cin, planes, 2 if (i == 0 and s > 1) else 1))
+                cin = planes
+            setattr(self, f"layer{s}", tnn.Sequential(*blocks))
+        self.fc = tnn.Linear(512, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class WideBlock(tnn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.bn1 = tnn.BatchNorm2d(cin)
+        self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = tnn.BatchNorm2d(cout)
+        self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.equal = cin == cout
+        if not self.equal:
+            self.convShortcut = tnn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+    def forward(self, x):
+        act = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(act))))
+        return out + (x if self.equal else self.convShortcut(act))
+
+
+class WideGroup(tnn.Module):
+    def __init__(self, n, cin, cout, stride):
+        super().__init__()
+        self.layer = tnn.Sequential(
+            *[WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)]
+        )
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+class WideResNet(tnn.Module):
+    def __init__(self, depth, k, num_classes):
+        super().__init__()
+        n = (depth - 4) // 6
+        self.conv1 = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.block1 = WideGroup(n, 16, 16 * k, 1)
+        self.block2 = WideGroup(n, 16 * k, 32 * k, 2)
+        self.block3 = WideGroup(n, 32 * k, 64 * k, 2)
+        self.bn1 = tnn.BatchNorm2d(64 * k)
+        self.fc = tnn.Linear(64 * k, num_classes)
+
+    def forward(self, x):
+        x = self.block3(self.block2(self.block1(self.conv1(x))))
+        return self.fc(F.avg_pool2d(F.relu(self.bn1(x)), 8).flatten(1))
+
+
+class VGG(tnn.Module):
+    def __init__(self, cfg, num_classes):
+        super().__init__()
+        cin = 3
+        for b, widths in enumerate(cfg):
+            mods = []
+            for w in widths:
+                mods += [tnn.Conv2d(cin, w, 3, 1, 1), tnn.BatchNorm2d(w), tnn.ReLU()]
+                cin = w
+            setattr(self, f"block{b}", tnn.Sequential(*mods[:-1]))  # last ReLU outside
+        self.classifier = tnn.Linear(512, num_classes)
+
+    def forward(self, x):
+        h = x.shape[2]
+        for b in range(5):
+            if b == 4 and h == 64:
+                x = F.max_pool2d(x, 2, 2)
+            x = F.relu(getattr(self, f"block{b}")(x))
+            if b < 3:
+                x = F.max_pool2d(x, 2, 2)
+        return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+REFERENCES = {
+    "resnet20": (lambda nc: CifarResNet(20, (16, 16, 32, 64), nc), 32),
+    "resnet8x4": (lambda nc: CifarResNet(8, (32, 64, 128, 256), nc), 32),
+    "wrn_16_2": (lambda nc: WideResNet(16, 2, nc), 32),
+    "vgg8": (lambda nc: VGG(((64,), (128,), (256,), (512,), (512,)), nc), 32),
+    "resnet18": (ImageNetResNet18, 64),
+    "resnet50_cifar": (CifarResNet50, 32),
+}
+
+
+def _randomized(module, seed):
+    """Randomizes BatchNorm affine and running statistics so eval BN is not the identity."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, tnn.BatchNorm2d):
+                c = m.num_features
+                m.weight.copy_(0.5 + torch.rand(c, generator=gen))
+                m.bias.copy_(0.2 * torch.randn(c, generator=gen))
+                m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+    return module.eval()
+
+
+def _reference(name, num_classes=10, seed=0):
+    build, size = REFERENCES[name]
+    torch.manual_seed(seed)
+    return _randomized(build(num_classes), seed), size
+
+
+def _compare(name, *, num_classes=10, batch=2, seed=0, size=None):
+    ref, default_size = _reference(name, num_classes, seed)
+    size = size or default_size
+    images = np.random.default_rng(seed).normal(size=(batch, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(images)).numpy()
+    variables = models.from_torch(name, ref.state_dict(), num_classes=num_classes)
+    model = models.get_model(name, num_classes=num_classes)
+    logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(
+        variables, jnp.asarray(images.transpose(0, 2, 3, 1))
+    )
+    diff = float(np.max(np.abs(np.asarray(logits) - expected)))
+    return diff, float(np.max(np.abs(expected)))
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet20", "resnet8x4", "wrn_16_2", "vgg8", "resnet18", "resnet50_cifar"]
+)
+def test_eval_logits_match_pytorch(name):
+    diff, scale = _compare(name)
+    print(f"{name}: max |logits diff| = {diff:.2e} (max |logit| {scale:.2f})")
+    assert scale > 0.1  # the comparison is not trivially between near-zero logits
+    assert diff < 1e-4
+
+
+@pytest.mark.parametrize("name", ["resnet50_cifar", "vgg8"])
+def test_eval_logits_match_pytorch_at_64x64(name):
+    """Pooled models run at other sizes; vgg applies its pool3 only at 64x64."""
+    diff, scale = _compare(name, size=64)
+    print(f"{name} @64x64: max |logits diff| = {diff:.2e} (max |logit| {scale:.2f})")
+    assert scale > 0.1
+    assert diff < 1e-4
+
+
+def _resnet20_state_dict(num_classes=10):
+    return {k: v.numpy() for k, v in _reference("resnet20", num_classes)[0].state_dict().items()}
+
+
+def test_layout_of_converted_tensors():
+    sd = _resnet20_state_dict()
+    variables = models.from_torch("resnet20", sd, num_classes=10)
+    params, stats = variables["params"], variables["batch_stats"]
+    np.testing.assert_array_equal(
+        params["layer2_0"]["conv1"]["kernel"], sd["layer2.0.conv1.weight"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(params["fc"]["kernel"], sd["fc.weight"].T)
+    np.testing.assert_array_equal(
+        params["layer2_0"]["downsample_1"]["scale"], sd["layer2.0.downsample.1.weight"]
+    )
+    np.testing.assert_array_equal(stats["bn1"]["mean"], sd["bn1.running_mean"])
+    np.testing.assert_array_equal(stats["bn1"]["var"], sd["bn1.running_var"])
+    assert torch_convert.torch_key("params", ("block1", "layer_0", "bn1", "scale")) == (
+        "block1.layer.0.bn1.weight"
+    )
+
+
+def test_num_batches_tracked_present_or_absent():
+    sd = _resnet20_state_dict()
+    assert any(k.endswith("num_batches_tracked") for k in sd)
+    stripped = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    with_nbt = models.from_torch("resnet20", sd, num_classes=10)
+    without = models.from_torch("resnet20", stripped, num_classes=10)
+    chex.assert_trees_all_equal(with_nbt, without)
+
+
+def test_missing_key_is_named():
+    sd = _resnet20_state_dict()
+    del sd["layer3.2.bn2.running_var"]
+    with pytest.raises(ValueError, match=r"missing.*layer3\.2\.bn2\.running_var"):
+        models.from_torch("resnet20", sd, num_classes=10)
+
+
+def test_extra_key_is_named():
+    sd = _resnet20_state_dict()
+    sd["head.extra.weight"] = np.zeros((3,), np.float32)
+    with pytest.raises(ValueError, match=r"unexpected.*head\.extra\.weight"):
+        models.from_torch("resnet20", sd, num_classes=10)
+
+
+def test_wrong_shape_is_named():
+    sd = _resnet20_state_dict(num_classes=10)
+    with pytest.raises(ValueError, match=r"shape.*fc\.weight"):
+        models.from_torch("resnet20", sd, num_classes=100)
+
+
+def test_data_parallel_prefix_and_torch_tensors():
+    ref, _ = _reference("resnet20")
+    sd = {f"module.{k}": v for k, v in ref.state_dict().items()}  # torch tensors, DataParallel
+    variables = models.from_torch("resnet20", sd, num_classes=10)
+    np.testing.assert_array_equal(
+        variables["params"]["conv1"]["kernel"],
+        ref.conv1.weight.detach().numpy().transpose(2, 3, 1, 0),
+    )
+
+
+def test_float64_state_dict_gives_float64_variables_and_logits():
+    ref, _ = _reference("resnet20")
+    ref = ref.double()
+    sd = ref.state_dict()
+    variables = models.from_torch("resnet20", sd, num_classes=10)
+    for leaf in jax.tree.leaves(variables):
+        assert leaf.dtype == np.float64
+    images = np.random.default_rng(1).normal(size=(2, 3, 32, 32))
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(images)).numpy()
+    with jax.enable_x64(True):
+        model = models.get_model("resnet20", num_classes=10)
+        logits, _ = model.apply(variables, jnp.asarray(images.transpose(0, 2, 3, 1)), train=False)
+        assert logits.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-10, rtol=0)
+
+
+def test_convert_cli_round_trip(tmp_path):
+    checkpoint = pytest.importorskip("luminet_jax.checkpoint")
+    if not hasattr(checkpoint, "save_variables") or not hasattr(checkpoint, "load_teacher"):
+        pytest.skip("luminet_jax.checkpoint.save_variables/load_teacher not written yet")
+    from luminet_jax import convert
+
+    ref, _ = _reference("resnet8x4")
+    pth = tmp_path / "ckpt_epoch_240.pth"
+    torch.save({"model": ref.state_dict(), "epoch": 240}, pth)
+    out = tmp_path / "resnet8x4"
+    convert.main(
+        ["--model", "resnet8x4", "--torch", str(pth), "--out", str(out), "--num-classes", "10"]
+    )
+    variables = checkpoint.load_teacher(str(out), "resnet8x4", num_classes=10)
+    images = np.random.default_rng(2).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(images)).numpy()
+    model = models.get_model("resnet8x4", num_classes=10)
+    logits, _ = model.apply(variables, jnp.asarray(images.transpose(0, 2, 3, 1)), train=False)
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4, rtol=0)
+
+
+def test_convert_loads_plain_and_wrapped_state_dicts(tmp_path):
+    from luminet_jax import convert
+
+    sd = {"a.weight": torch.ones(2, 3)}
+    for i, ckpt in enumerate([sd, {"model": sd, "epoch": 1}, {"state_dict": sd}]):
+        path = tmp_path / f"c{i}.pth"
+        torch.save(ckpt, path)
+        loaded = convert.load_torch_state_dict(str(path))
+        assert list(loaded) == ["a.weight"]
+    path = tmp_path / "bad.pth"
+    torch.save({"epoch": 1, "optimizer": {"lr": 0.1}}, path)
+    with pytest.raises(ValueError, match="neither a state_dict"):
+        convert.load_torch_state_dict(str(path))
+
+
+def test_convert_without_torch_gives_clear_error(tmp_path, monkeypatch):
+    from luminet_jax import convert
+
+    path = tmp_path / "c.pth"
+    torch.save({"a.weight": torch.ones(1)}, path)
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with pytest.raises(ImportError, match="pip install torch"):
+        convert.load_torch_state_dict(str(path))

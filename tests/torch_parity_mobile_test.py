@@ -1,0 +1,367 @@
+"""Eval-mode parity of the mobile models and ViTs with small PyTorch references.
+
+The reference modules below are our own code, written from the architecture descriptions
+(mdistiller's CIFAR ShuffleV1 / ShuffleV2 / mobile_half and ImageNet MobileNetV1, timm's
+VisionTransformer) with the PyTorch attribute names. Their parameter counts are checked
+against DESIGN.md's table, which shows they are the right architectures. Random weights and
+random BatchNorm / LayerNorm affine parameters and running statistics make the comparison
+sensitive to every converted tensor (layout, grouping, channel-shuffle order, mean/var swap).
+Conversion goes through the public `models.from_torch`.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from luminet_jax import models
+
+torch = pytest.importorskip("torch")
+tnn = torch.nn
+F = torch.nn.functional
+
+ATOL_F32 = 1e-4
+
+
+def _shuffle(x, groups):
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def _conv(cin, cout, k, stride=1, groups=1):
+    return tnn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False)
+
+
+# ----------------------------------------------------------------------------------------
+# ShuffleNetV1 (groups 3, out_planes 240/480/960, blocks 4/8/4, 1x1 stem of 24).
+
+
+class ShuffleV1Unit(tnn.Module):
+    def __init__(self, cin, cout, stride, groups):
+        super().__init__()
+        mid = int(cout / 4)
+        self.g1 = 1 if cin == 24 else groups
+        self.stride = stride
+        self.conv1, self.bn1 = _conv(cin, mid, 1, groups=self.g1), tnn.BatchNorm2d(mid)
+        self.conv2, self.bn2 = _conv(mid, mid, 3, stride, groups=mid), tnn.BatchNorm2d(mid)
+        self.conv3, self.bn3 = _conv(mid, cout, 1, groups=groups), tnn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        y = _shuffle(F.relu(self.bn1(self.conv1(x))), self.g1)
+        y = self.bn3(self.conv3(F.relu(self.bn2(self.conv2(y)))))
+        if self.stride == 2:
+            return F.relu(torch.cat([y, F.avg_pool2d(x, 3, 2, 1)], 1))
+        return F.relu(y + x)
+
+
+class ShuffleV1(tnn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(3, 24, 1), tnn.BatchNorm2d(24)
+        cin = 24
+        for s, (planes, n) in enumerate(zip((240, 480, 960), (4, 8, 4)), 1):
+            units = []
+            for i in range(n):
+                units.append(ShuffleV1Unit(cin, planes - (cin if i == 0 else 0), 2 - min(i, 1), 3))
+                cin = planes
+            setattr(self, f"layer{s}", tnn.Sequential(*units))
+        self.linear = tnn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(F.avg_pool2d(x, 4).flatten(1))
+
+
+# ----------------------------------------------------------------------------------------
+# ShuffleNetV2 (net_size 1: 116/232/464 + 1x1 conv to 1024, blocks 3/7/3, 1x1 stem of 24).
+
+
+class ShuffleV2Basic(tnn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        c = channels // 2
+        self.conv1, self.bn1 = _conv(c, c, 1), tnn.BatchNorm2d(c)
+        self.conv2, self.bn2 = _conv(c, c, 3, groups=c), tnn.BatchNorm2d(c)
+        self.conv3, self.bn3 = _conv(c, c, 1), tnn.BatchNorm2d(c)
+
+    def forward(self, x):
+        c = x.shape[1] // 2
+        a, b = x[:, :c], x[:, c:]
+        b = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(b)))))
+        return _shuffle(torch.cat([a, F.relu(self.bn3(self.conv3(b)))], 1), 2)
+
+
+class ShuffleV2Down(tnn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        mid = cout // 2
+        self.conv1, self.bn1 = _conv(cin, cin, 3, 2, groups=cin), tnn.BatchNorm2d(cin)
+        self.conv2, self.bn2 = _conv(cin, mid, 1), tnn.BatchNorm2d(mid)
+        self.conv3, self.bn3 = _conv(cin, mid, 1), tnn.BatchNorm2d(mid)
+        self.conv4, self.bn4 = _conv(mid, mid, 3, 2, groups=mid), tnn.BatchNorm2d(mid)
+        self.conv5, self.bn5 = _conv(mid, mid, 1), tnn.BatchNorm2d(mid)
+
+    def forward(self, x):
+        left = F.relu(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
+        right = self.bn4(self.conv4(F.relu(self.bn3(self.conv3(x)))))
+        right = F.relu(self.bn5(self.conv5(right)))
+        return _shuffle(torch.cat([left, right], 1), 2)
+
+
+class ShuffleV2(tnn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(3, 24, 1), tnn.BatchNorm2d(24)
+        cin = 24
+        for s, (cout, n) in enumerate(zip((116, 232, 464), (3, 7, 3)), 1):
+            units = [ShuffleV2Down(cin, cout)] + [ShuffleV2Basic(cout) for _ in range(n)]
+            setattr(self, f"layer{s}", tnn.Sequential(*units))
+            cin = cout
+        self.conv2, self.bn2 = _conv(cin, 1024, 1), tnn.BatchNorm2d(1024)
+        self.linear = tnn.Linear(1024, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.linear(F.avg_pool2d(x, 4).flatten(1))
+
+
+# ----------------------------------------------------------------------------------------
+# MobileNetV2 (mobile_half: expansion 6, width 0.5, stride-2 stem, 1280-d last conv).
+
+
+def _conv_bn_relu(cin, cout, k, stride=1, groups=1):
+    return [_conv(cin, cout, k, stride, groups), tnn.BatchNorm2d(cout), tnn.ReLU()]
+
+
+class InvertedResidual(tnn.Module):
+    def __init__(self, cin, cout, stride, t):
+        super().__init__()
+        hid = cin * t
+        self.residual = stride == 1 and cin == cout
+        self.conv = tnn.Sequential(
+            *_conv_bn_relu(cin, hid, 1),
+            *_conv_bn_relu(hid, hid, 3, stride, hid),
+            _conv(hid, cout, 1),
+            tnn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x):
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileHalf(tnn.Module):
+    def __init__(self, num_classes, t=6, width=0.5):
+        super().__init__()
+        cin = int(32 * width)
+        self.conv1 = tnn.Sequential(*_conv_bn_relu(3, cin, 3, 2))
+        self.blocks = tnn.ModuleList()
+        setting = [(1, 16, 1, 1), (t, 24, 2, 1), (t, 32, 3, 2), (t, 64, 4, 2)]
+        setting += [(t, 96, 3, 1), (t, 160, 3, 2), (t, 320, 1, 1)]
+        for e, c, n, s in setting:
+            units = []
+            for i in range(n):
+                units.append(InvertedResidual(cin, int(c * width), s if i == 0 else 1, e))
+                cin = int(c * width)
+            self.blocks.append(tnn.Sequential(*units))
+        self.conv2 = tnn.Sequential(*_conv_bn_relu(cin, 1280, 1))
+        self.classifier = tnn.Sequential(tnn.Linear(1280, num_classes))
+
+    def forward(self, x):
+        x = self.conv1(x)
+        for block in self.blocks:
+            x = block(x)
+        x = F.avg_pool2d(self.conv2(x), 2, ceil_mode=True)
+        return self.classifier(x.flatten(1))
+
+
+# ----------------------------------------------------------------------------------------
+# MobileNetV1 (ImageNet; model.0 = stem, model.1..13 = depthwise-separable, model.14 = pool).
+
+
+class MobileNetV1(tnn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        layers = [tnn.Sequential(*_conv_bn_relu(3, 32, 3, 2))]
+        cin = 32
+        for cout, s in (
+            [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)]
+            + [(512, 1)] * 5
+            + [(1024, 2), (1024, 1)]
+        ):
+            layers.append(
+                tnn.Sequential(*_conv_bn_relu(cin, cin, 3, s, cin), *_conv_bn_relu(cin, cout, 1))
+            )
+            cin = cout
+        self.model = tnn.Sequential(*layers, tnn.AvgPool2d(7))
+        self.fc = tnn.Linear(1024, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.model(x).flatten(1))
+
+
+# ----------------------------------------------------------------------------------------
+# timm-style VisionTransformer (class token, pre-norm blocks, LayerNorm eps 1e-6).
+
+
+class Attention(tnn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = tnn.Linear(dim, 3 * dim), tnn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attn = ((q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(tnn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = tnn.Linear(dim, hidden), tnn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(tnn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.attn = tnn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
+        self.norm2, self.mlp = tnn.LayerNorm(dim, eps=1e-6), Mlp(dim, 4 * dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(tnn.Module):
+    def __init__(self, patch, dim):
+        super().__init__()
+        self.proj = tnn.Conv2d(3, dim, patch, patch)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class VisionTransformer(tnn.Module):
+    def __init__(self, num_classes, *, image, patch, dim, depth, heads):
+        super().__init__()
+        self.patch_embed = PatchEmbed(patch, dim)
+        self.cls_token = tnn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = tnn.Parameter(torch.zeros(1, (image // patch) ** 2 + 1, dim))
+        self.blocks = tnn.Sequential(*[Block(dim, heads) for _ in range(depth)])
+        self.norm = tnn.LayerNorm(dim, eps=1e-6)
+        self.head = tnn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def deit_tiny(num_classes):
+    return VisionTransformer(num_classes, image=224, patch=16, dim=192, depth=12, heads=3)
+
+
+def deit_small(num_classes):
+    return VisionTransformer(num_classes, image=224, patch=16, dim=384, depth=12, heads=6)
+
+
+def vit_compact(num_classes):
+    return VisionTransformer(num_classes, image=32, patch=4, dim=128, depth=12, heads=4)
+
+
+# ----------------------------------------------------------------------------------------
+
+REFERENCES = {
+    # name: (constructor, num_classes, expected parameter count)
+    "shufflenet_v1": (ShuffleV1, 100, 949_258),
+    "shufflenet_v2": (ShuffleV2, 100, 1_355_528),
+    "mobilenet_v2": (MobileHalf, 100, 812_836),
+    "mobilenet_v1": (MobileNetV1, 1000, 4_231_976),
+    "deit_tiny": (deit_tiny, 1000, 5_717_416),
+    "deit_small": (deit_small, 1000, 22_050_664),
+    "vit_compact": (vit_compact, 100, 2_407_140),
+}
+
+
+def _randomized(name, seed=0):
+    """The reference in eval mode with random weights, norm affines and running stats."""
+    ctor, num_classes, _ = REFERENCES[name]
+    torch.manual_seed(seed)
+    net = ctor(num_classes)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, tnn.BatchNorm2d | tnn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.2)
+            if isinstance(module, tnn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+            if isinstance(module, VisionTransformer):
+                module.cls_token.normal_(0.0, 0.5)
+                module.pos_embed.normal_(0.0, 0.5)
+    return net.eval(), num_classes
+
+
+def _compare(name, size, batch=2, dtype=torch.float32):
+    net, num_classes = _randomized(name)
+    net = net.to(dtype)
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    images = images.to(dtype)
+    with torch.no_grad():
+        expected = net(images).numpy()
+    variables = models.from_torch(name, net.state_dict(), num_classes=num_classes)
+    model = models.get_model(name, num_classes=num_classes)
+    logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(
+        variables, images.numpy().transpose(0, 2, 3, 1)
+    )
+    assert logits.dtype == expected.dtype
+    logits = np.asarray(logits)
+    diff = np.abs(logits - expected).max()
+    print(f"{name}: max |logit| {np.abs(expected).max():.3g}, max diff {diff:.3g}")
+    return logits, expected
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_reference_parameter_count_matches_design(name):
+    ctor, num_classes, expected = REFERENCES[name]
+    net = ctor(num_classes)
+    assert sum(p.numel() for p in net.parameters()) == expected
+
+
+@pytest.mark.parametrize(
+    "name,size",
+    [("shufflenet_v1", 32), ("shufflenet_v2", 32), ("mobilenet_v2", 32), ("vit_compact", 32)],
+)
+def test_eval_logits_match_reference_float32(name, size):
+    logits, expected = _compare(name, size)
+    assert np.abs(expected).max() > 0.1  # the comparison is not trivially small
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=ATOL_F32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenet_v1", "deit_tiny"])
+def test_eval_logits_match_reference_float32_imagenet(name):
+    logits, expected = _compare(name, 224, batch=1)
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=ATOL_F32)
+
+
+@pytest.mark.parametrize(
+    "name",
+    # PyTorch's float64 grouped/depthwise convs are slow on CPU, so the CNN case is slow.
+    ["vit_compact", pytest.param("shufflenet_v2", marks=pytest.mark.slow)],
+)
+def test_eval_logits_match_reference_float64(name):
+    # In float64 the conversion and the forward pass agree to rounding, not only closely.
+    with jax.enable_x64(True):
+        logits, expected = _compare(name, 32, dtype=torch.float64)
+    assert logits.dtype == np.float64
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-10)
