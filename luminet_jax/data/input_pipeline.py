@@ -1,0 +1,245 @@
+"""Input pipeline: TFDS (or local files) -> tf.data -> process-local numpy batches.
+
+Imported lazily by `train.py` (it imports TensorFlow, and hides the GPUs from it).
+
+Train batches are a pure function of (seed, step): each epoch is shuffled with a seed derived
+from (seed, epoch, process) and every example is augmented with a stateless seed derived from
+(seed, process, epoch, position in the epoch). `make_train_iter(start_step=k)` therefore yields
+exactly the batches k, k+1, ... of an uninterrupted run, skipping the consumed examples before
+decoding or augmenting them. Batches never straddle epochs (the per-epoch remainder is dropped,
+as PyTorch's `drop_last=True`), so `steps_per_epoch = examples_per_process // local_batch`.
+
+Dataset names (`KNOWN_DATASETS`): cifar10, cifar100, imagenet2012 (TFDS); tiny_imagenet (the
+project TFDS builder over the tiny-imagenet-200 zip/folder); cifar100_local
+(cifar-100-python.tar.gz); image_folder:<path> (folder or tar of split/class/image);
+cifar10_sample (the 4,000-JPEG sample shipped in assets/).
+"""
+
+import math
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from luminet_jax.data import augment as augment_lib
+from luminet_jax.data import autoaugment, sources
+
+try:  # TF must not reserve accelerator memory that JAX needs.
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # Devices were already initialised by an earlier import.
+    pass
+
+DatasetInfo = sources.DatasetInfo
+KNOWN_DATASETS = sources.KNOWN_DATASETS
+AUGMENTS = ("cifar", "imagenet", "none", "autoaugment")
+CACHE_LIMIT_BYTES = 4 << 30  # Cache decoded pixels when the process's split is below this.
+STREAM_SHUFFLE_BUFFER = 16_384  # Shuffle buffer for splits too large to cache.
+
+
+def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
+    """Returns the `DatasetInfo` of a dataset (prepares tiny_imagenet on first use).
+
+    Args:
+      name: one of `KNOWN_DATASETS`.
+      data_dir: TFDS data dir, or the folder holding the local archive; None for the default.
+    """
+    return sources.get_source(name, data_dir).info
+
+
+def train_steps_per_epoch(name: str, *, global_batch: int, data_dir: str | None = None) -> int:
+    """Batches per epoch of `make_train_iter`: (num_train // processes) // local batch.
+
+    Equals `num_train // global_batch` with one process; with several, each process drops the
+    remainder of its own even share, which can make it one step less.
+    """
+    count = jax.process_count()
+    return (dataset_info(name, data_dir).num_train // count) // _local_batch(global_batch)
+
+
+def _decode(image: tf.Tensor) -> tf.Tensor:
+    image = tf.io.decode_image(image, channels=3, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def _preprocess(image, seed, *, source: sources.Source, mode: str, size: int) -> tf.Tensor:
+    """uint8 image -> float32 normalized (size, size, 3); `mode` is an augment name or "eval"."""
+    info = source.info
+    if mode == "imagenet":
+        image = augment_lib.imagenet_train(image, seed, size=size)
+    elif source.imagenet_eval and mode in ("eval", "none"):
+        image = augment_lib.imagenet_eval(image, size=size)
+    else:
+        if source.native_size != size:
+            image = tf.cast(tf.round(augment_lib.resize_to(image, size)), tf.uint8)
+        if mode in ("cifar", "autoaugment"):
+            crop_seed, policy_seed = augment_lib.split_seed(seed, 2)
+            image = augment_lib.cifar_train(image, crop_seed, padding=4)
+            if mode == "autoaugment":
+                image = autoaugment.cifar10_policy(image, policy_seed)
+    image = tf.ensure_shape(augment_lib.normalize(image, info.mean, info.std), [size, size, 3])
+    return image
+
+
+def _base(source: sources.Source, split: str, *, drop_remainder: bool):
+    """The process's examples: (dataset, count, cached, still encoded).
+
+    Small splits are decoded once and cached as uint8 pixels; large ones stay encoded (so
+    shuffle buffers hold compressed bytes) and are decoded per example after the shuffle.
+    """
+    ds, n_local, encoded = source.read(
+        split, jax.process_index(), jax.process_count(), drop_remainder
+    )
+    size = source.native_size
+    small = size is not None and n_local * size * size * 3 <= CACHE_LIMIT_BYTES
+    if not small:
+        return ds, n_local, False, encoded
+    if encoded:
+        ds = ds.map(
+            lambda ex: {"image": _decode(ex["image"]), "label": ex["label"]},
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return ds.cache(), n_local, True, False
+
+
+def _local_batch(global_batch: int) -> int:
+    count = jax.process_count()
+    if global_batch <= 0 or global_batch % count:
+        raise ValueError(
+            f"global_batch={global_batch} must be a positive multiple of the process count {count}"
+        )
+    return global_batch // count
+
+
+def _numpy_iter(ds) -> Iterator[dict[str, np.ndarray]]:
+    options = tf.data.Options()
+    options.deterministic = True
+    return iter(tfds.as_numpy(ds.with_options(options)))
+
+
+def make_train_iter(
+    name: str,
+    *,
+    global_batch: int,
+    seed: int,
+    data_dir: str | None = None,
+    start_step: int = 0,
+    augment: str | None = None,
+    image_size: int | None = None,
+    shuffle_buffer: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless iterator of process-local train batches, deterministic in (seed, step).
+
+    Args:
+      name: dataset name (`KNOWN_DATASETS`).
+      global_batch: batch over all processes; each yields `global_batch // process_count`.
+      seed: the run's seed.
+      data_dir: TFDS data dir / folder of the local archive.
+      start_step: number of batches already consumed (resume): the first batch yielded is
+        batch `start_step` of an uninterrupted run.
+      augment: "cifar" (pad 4 + crop + flip), "imagenet" (RandomResizedCrop + flip), "none",
+        "autoaugment" (cifar + AutoAugment CIFAR-10 policy); None picks the dataset's default.
+      image_size: output size; default the dataset's (32 CIFAR, 64 Tiny-ImageNet, 224 ImageNet).
+      shuffle_buffer: default the whole split when it is cached, else STREAM_SHUFFLE_BUFFER.
+
+    Returns:
+      Iterator of {"image": float32 (B, S, S, 3) normalized, "label": int32 (B,)}.
+    """
+    source = sources.get_source(name, data_dir)
+    mode = augment or source.default_augment
+    if mode not in AUGMENTS:
+        raise ValueError(f"Unknown augment {mode!r}; known: {AUGMENTS}")
+    size = image_size or source.info.image_size
+    local_batch = _local_batch(global_batch)
+    base, n_local, cached, encoded = _base(source, source.info.train_split, drop_remainder=True)
+    # Reference: mdistiller's DataLoader keeps the last partial batch (drop_last=False); static
+    # shapes under jit drop it here (781 instead of 782 steps per CIFAR epoch at batch 64).
+    steps_per_epoch = n_local // local_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{name}: {n_local} examples per process < local batch {local_batch}")
+    buffer = shuffle_buffer or (n_local if cached else min(n_local, STREAM_SHUFFLE_BUFFER))
+    start_epoch, skip_batches = divmod(int(start_step), steps_per_epoch)
+    process = jax.process_index()
+    seed = int(seed)
+
+    def epoch_examples(epoch):
+        shuffle_seed = (seed * 1_000_003 + process) * 65_537 + epoch
+        ds = base.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        ds = ds.enumerate().take(steps_per_epoch * local_batch)
+        first = tf.constant(skip_batches * local_batch, tf.int64)
+        skip = tf.where(epoch == start_epoch, first, tf.constant(0, tf.int64))
+        return ds.skip(skip).map(lambda i, ex: (epoch * n_local + i, ex))
+
+    def prepare(position, ex):
+        example_seed = tf.stack([tf.constant(seed, tf.int64) * 4096 + process, position])
+        image = _decode(ex["image"]) if encoded else ex["image"]
+        image = _preprocess(image, example_seed, source=source, mode=mode, size=size)
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+
+    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_examples)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return _numpy_iter(ds)
+
+
+def make_eval_iter(
+    name: str,
+    *,
+    global_batch: int,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Iterator over the eval split in which every example appears exactly once.
+
+    All processes yield the same number of batches; the last ones are padded with zero images
+    whose "mask" is 0 (real examples have mask 1).
+
+    Returns:
+      Iterator of {"image": float32 (B, S, S, 3), "label": int32 (B,), "mask": float32 (B,)}.
+    """
+    source = sources.get_source(name, data_dir)
+    size = image_size or source.info.image_size
+    local_batch = _local_batch(global_batch)
+    base, _, _, encoded = _base(source, source.info.eval_split, drop_remainder=False)
+    per_process = math.ceil(source.info.num_eval / jax.process_count())
+    num_batches = math.ceil(per_process / local_batch)
+
+    def prepare(ex):
+        image = _decode(ex["image"]) if encoded else ex["image"]
+        image = _preprocess(image, None, source=source, mode="eval", size=size)
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32), "mask": 1.0}
+
+    padding = tf.data.Dataset.from_tensors(
+        {"image": tf.zeros([size, size, 3]), "label": 0, "mask": 0.0}
+    ).repeat()
+    ds = base.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).concatenate(padding)
+    ds = ds.take(num_batches * local_batch).batch(local_batch).prefetch(tf.data.AUTOTUNE)
+    return _numpy_iter(ds)
+
+
+def load_arrays(
+    name: str, split: str, data_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loads a whole split into host memory, for device-resident training (`DeviceData`).
+
+    Args:
+      name: dataset name (fixed-size images: cifar10, cifar100, tiny_imagenet, ...).
+      split: a split name, or "train" / "eval" for the dataset's train / eval split.
+
+    Returns:
+      (uint8 images (N, H, W, 3), int32 labels (N,)), all examples, in stored order.
+    """
+    source = sources.get_source(name, data_dir)
+    split = {"eval": source.info.eval_split}.get(split, split)
+    if source.imagenet_eval:
+        raise ValueError(f"{name} has variable-size images; load_arrays needs a fixed size")
+    ds, _, encoded = source.read(split, 0, 1, False)
+    if encoded:
+        ds = ds.map(lambda ex: {"image": _decode(ex["image"]), "label": ex["label"]})
+    images, labels = [], []
+    # Raises (tf InvalidArgumentError) if images of an image folder differ in size.
+    for batch in tfds.as_numpy(ds.batch(4096)):
+        images.append(batch["image"])
+        labels.append(batch["label"])
+    return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32)

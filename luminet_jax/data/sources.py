@@ -1,0 +1,249 @@
+"""Dataset sources: resolve a dataset name to its info and a reader of its splits.
+
+A source reads one process's slice of a split as a tf.data.Dataset of {"image", "label"}
+(encoded bytes or uint8 pixels); `input_pipeline` decodes, shuffles, augments and batches.
+TFDS datasets (cifar10, cifar100, imagenet2012 and the project's tiny_imagenet builder) go
+through `builder.as_dataset(split=tfds.split_for_jax_process(...))`; local archives
+(cifar100_local, image_folder:<path>, cifar10_sample) are read into host memory first.
+"""
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Callable
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from luminet_jax.data import augment as augment_lib
+from luminet_jax.data.builders import local
+
+ASSETS = pathlib.Path(__file__).resolve().parents[2] / "assets"
+SAMPLE_ARCHIVE = "cifar10-sample.tar.gz"
+KNOWN_DATASETS = (
+    "cifar10",
+    "cifar100",
+    "imagenet2012",
+    "tiny_imagenet",
+    "cifar100_local",
+    "cifar10_sample",
+    "image_folder:<path>",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the trainer needs to know about a dataset (counts are global, all processes)."""
+
+    num_classes: int
+    num_train: int
+    num_eval: int
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    train_split: str
+    eval_split: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A dataset: its info, how to read a split, and its default augmentation."""
+
+    info: DatasetInfo
+    # (split, process_index, process_count, drop_remainder) -> (dataset, count, encoded).
+    read: Callable[[str, int, int, bool], tuple]
+    default_augment: str
+    native_size: int | None  # Stored image size; None for variable sizes.
+    imagenet_eval: bool = False  # Eval by resize 256 + center crop 224 (else resize if needed).
+
+
+def _tfds_source(
+    builder, *, mean, std, image_size, native_size, train, evl, augment, hint, imagenet_eval=False
+):
+    """A source over a TFDS builder (prepared, or mocked by tfds.testing.mock_data)."""
+
+    def read(split, process_index, process_count, drop_remainder):
+        sub = tfds.split_for_jax_process(
+            split,
+            process_index=process_index,
+            process_count=process_count,
+            drop_remainder=drop_remainder,
+        )
+        try:
+            ds = builder.as_dataset(
+                split=sub, decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False
+            )
+        except Exception as e:
+            if builder.is_prepared():
+                raise
+            raise FileNotFoundError(
+                f"Dataset {builder.name} is not prepared (looked in {builder.data_dir}). {hint}"
+            ) from e
+        ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+        return ds, int(ds.cardinality()), True
+
+    def count(split):
+        if builder.is_prepared():
+            return builder.info.splits[split].num_examples
+        return read(split, 0, 1, False)[1]  # Mocked data: the generator's cardinality.
+
+    num_classes = builder.info.features["label"].num_classes
+    info = DatasetInfo(num_classes, count(train), count(evl), image_size, mean, std, train, evl)
+    return Source(info, read, augment, native_size, imagenet_eval)
+
+
+def _local_source(data: local.LocalData, *, mean, std, eval_split, native_size, image_size=None):
+    """A source over splits held in host memory (numpy)."""
+
+    def read(split, process_index, process_count, drop_remainder):
+        if split not in data.splits:
+            raise ValueError(f"No split {split!r}; available: {sorted(data.splits)}")
+        part = data.splits[split]
+        n = len(part)
+        base, extra = divmod(n, process_count)
+        if drop_remainder:
+            extra = 0
+        start = process_index * base + min(process_index, extra)
+        stop = start + base + (process_index < extra)
+        images, labels = part.images[start:stop], part.labels[start:stop]
+        if part.encoded:  # A list, not a fixed-width numpy bytes array (it pads with NULs).
+            images = tf.constant(images.tolist(), dtype=tf.string, shape=[len(images)])
+        ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+        return ds, stop - start, part.encoded
+
+    info = DatasetInfo(
+        len(data.class_names),
+        len(data.splits["train"]),
+        len(data.splits[eval_split]),
+        image_size or native_size,
+        mean,
+        std,
+        "train",
+        eval_split,
+    )
+    return Source(info, read, "cifar", native_size)
+
+
+def _tfds_hint(name: str, data_dir) -> str:
+    target = data_dir or "~/tensorflow_datasets"
+    if name == "imagenet2012":
+        return (
+            "ImageNet needs a manual download: put ILSVRC2012_img_train.tar and "
+            f"ILSVRC2012_img_val.tar in {target}/downloads/manual/, then run "
+            f"`tfds build imagenet2012 --data_dir={target}`."
+        )
+    return f"Download and prepare it with `tfds build {name} --data_dir={target}`."
+
+
+def _tiny_imagenet_builder(data_dir):
+    from luminet_jax.data.builders import tiny_imagenet
+
+    builder = tiny_imagenet.TinyImagenet(data_dir=data_dir)
+    if not builder.is_prepared():
+        dirs = local.default_dirs(data_dir)
+        found = next((d for d in dirs[::-1] if tiny_imagenet.find_source(d)), None)
+        if found is None:
+            where = " or ".join(str(d) for d in dirs[::-1])
+            raise FileNotFoundError(
+                f"tiny_imagenet: no {tiny_imagenet.ZIP_NAME} or {tiny_imagenet.FOLDER_NAME}/ in "
+                f"{where}.{tiny_imagenet.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            )
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(found))
+        )
+    return builder
+
+
+def get_source(name: str, data_dir=None) -> Source:
+    """Resolves a dataset name to a `Source` (raises ValueError listing known names)."""
+    cifar = dict(image_size=32, native_size=32, train="train", evl="test", augment="cifar")
+    if name == "cifar10":
+        builder = tfds.builder("cifar10", data_dir=data_dir)
+        return _tfds_source(
+            builder,
+            mean=augment_lib.CIFAR10_MEAN,
+            std=augment_lib.CIFAR10_STD,
+            hint=_tfds_hint(name, data_dir),
+            **cifar,
+        )
+    if name == "cifar100":
+        builder = tfds.builder("cifar100", data_dir=data_dir)
+        return _tfds_source(
+            builder,
+            mean=augment_lib.CIFAR100_MEAN,
+            std=augment_lib.CIFAR100_STD,
+            hint=_tfds_hint(name, data_dir),
+            **cifar,
+        )
+    if name == "imagenet2012":
+        builder = tfds.builder("imagenet2012", data_dir=data_dir)
+        return _tfds_source(
+            builder,
+            mean=augment_lib.IMAGENET_MEAN,
+            std=augment_lib.IMAGENET_STD,
+            image_size=224,
+            native_size=None,
+            train="train",
+            evl="validation",
+            augment="imagenet",
+            hint=_tfds_hint(name, data_dir),
+            imagenet_eval=True,
+        )
+    if name == "tiny_imagenet":
+        return _tfds_source(
+            _tiny_imagenet_builder(data_dir),
+            mean=augment_lib.TINY_IMAGENET_MEAN,
+            std=augment_lib.TINY_IMAGENET_STD,
+            image_size=64,
+            native_size=64,
+            train="train",
+            evl="validation",
+            augment="cifar",
+            hint="",
+        )
+    if name == "cifar100_local":
+        dirs = local.default_dirs(data_dir)
+        path = local.find_cifar100_python(dirs)
+        if path is None:
+            raise FileNotFoundError(
+                f"cifar100_local: no {local.CIFAR100_ARCHIVE} (or {local.CIFAR100_FOLDER}/) in "
+                f"{' or '.join(map(str, dirs))}. Download it with "
+                f"`wget -P {dirs[0]} {local.CIFAR100_URL}` (or pass data_dir=<its folder>)."
+            )
+        return _local_source(
+            local.cifar100_python(os.fspath(path)),
+            mean=augment_lib.CIFAR100_MEAN,
+            std=augment_lib.CIFAR100_STD,
+            eval_split="test",
+            native_size=32,
+        )
+    if name == "cifar10_sample":
+        candidates = [pathlib.Path(data_dir) / SAMPLE_ARCHIVE] if data_dir else []
+        candidates.append(ASSETS / SAMPLE_ARCHIVE)
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise FileNotFoundError(
+                f"cifar10_sample: {SAMPLE_ARCHIVE} not found in {' or '.join(map(str, candidates))}"
+                "; it ships in the repository's assets/ (rebuild: assets/make_cifar10_sample.py)."
+            )
+        return _local_source(
+            local.image_folder(os.fspath(path)),
+            mean=augment_lib.CIFAR10_MEAN,
+            std=augment_lib.CIFAR10_STD,
+            eval_split="test",
+            native_size=32,
+        )
+    if name.startswith("image_folder:"):
+        data = local.image_folder(os.fspath(pathlib.Path(name.split(":", 1)[1]).expanduser()))
+        height, width = local.first_image_shape(data, "train")
+        # Reference: no dataset statistics for arbitrary folders; ImageNet's are the usual default.
+        # Images of other sizes than the first one are resized to it (or to image_size).
+        return _local_source(
+            data,
+            mean=augment_lib.IMAGENET_MEAN,
+            std=augment_lib.IMAGENET_STD,
+            eval_split=local.eval_split_name(data),
+            native_size=None,
+            image_size=min(height, width),
+        )
+    raise ValueError(f"Unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
