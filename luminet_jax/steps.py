@@ -1,0 +1,161 @@
+"""Pure train and eval steps. `sharding.py` runs them per shard under `jax.shard_map`.
+
+Both factories return un-jitted functions. With `axis_name=None` they are ordinary
+single-device functions; with `axis_name="data"` they are written for one shard of the
+global batch and reduce over the data axis with `lax.pmean`/`lax.psum`.
+
+Gradients under `jax.shard_map` (which checks varying manual axes, `check_vma=True`): the
+parameters are replicated (invariant over "data"), so JAX transposes their implicit
+broadcast into a `psum` of the per-shard cotangents. The step therefore differentiates the
+*global* loss, `pmean` of the per-shard totals (a no-op for parts a distiller already
+averaged over the axis), and the gradients come out as the exact global-batch gradients
+with no further collective. `steps_test.py` checks this against the one-device step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from luminet_jax import state as state_lib
+
+Metrics = dict[str, jax.Array]
+
+
+def _loss_dtype(x: jax.Array) -> jax.Array:
+    """Losses run in at least float32 (bf16 logits are upcast; float64 stays float64)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _pmean(x: Any, axis_name: str | None) -> Any:
+    return x if axis_name is None else lax.pmean(x, axis_name)
+
+
+def make_train_step(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    distiller: Any,
+    tx: optax.GradientTransformation,
+    *,
+    steps_per_epoch: int,
+    axis_name: str | None = None,
+    lr_fn: Callable[[jax.Array], jax.Array] | None = None,
+    dropout_seed: int = 0,
+) -> Callable[[state_lib.TrainState, Any, dict[str, jax.Array]], tuple[Any, Metrics]]:
+    """Builds `train_step(state, teacher_variables, batch) -> (state, metrics)`.
+
+    Args:
+      student: the student module; `apply(v, x, train=True, mutable=["batch_stats"])`
+        returns `((logits, feats), mutated)`. Build it with `axis_name` equal to the one
+        given here so that its BatchNorm statistics are synchronized over the data axis.
+      teacher: the teacher module (run with `train=False`), or None when the distiller
+        does not use a teacher.
+      distiller: `distiller(s_logits, t_logits, labels, *, epoch, axis_name)` ->
+        `LossOutput`; `distiller.uses_teacher` False skips the teacher's forward pass.
+      tx: the optimizer.
+      steps_per_epoch: optimizer steps per epoch; the 1-based integer epoch passed to
+        the distiller is `state.step // steps_per_epoch + 1`, computed on device.
+      axis_name: the data axis inside `shard_map`, or None on one device.
+      lr_fn: the learning-rate schedule, logged as metric "lr" (omitted when None).
+      dropout_seed: base seed of the "dropout" rng stream (folded with the step and shard).
+
+    Returns:
+      A pure function. `batch` holds "image" (float NHWC, normalized) and "label" (int).
+      Metrics (global-batch scalars): "loss" (the total on the pre-update parameters),
+      the distiller's parts ("loss_ce", "loss_kd", ...), "top1", "lr", "grad_norm",
+      "param_norm" (both on the pre-update parameters).
+    """
+    if steps_per_epoch <= 0:
+        raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
+    uses_teacher = bool(getattr(distiller, "uses_teacher", True)) and teacher is not None
+
+    def train_step(state, teacher_variables, batch):
+        images, labels = batch["image"], batch["label"]
+        epoch = state.step // steps_per_epoch + 1  # traced int: no recompiles across epochs
+        rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+        if axis_name is not None:
+            rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+
+        t_logits = None
+        if uses_teacher:
+            t_logits, _ = teacher.apply(teacher_variables, images, train=False)
+            t_logits = lax.stop_gradient(_loss_dtype(t_logits))
+
+        def loss_fn(params):
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            (s_logits, _), mutated = student.apply(
+                variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+            )
+            s_logits = _loss_dtype(s_logits)
+            out = distiller(s_logits, t_logits, labels, epoch=epoch, axis_name=axis_name)
+            total = _pmean(out.total, axis_name)  # the global-batch loss (see module doc)
+            return total, (out.parts, s_logits, mutated.get("batch_stats", {}))
+
+        (loss, (parts, s_logits, new_batch_stats)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(state.params)
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+
+        top1 = jnp.mean((jnp.argmax(s_logits, axis=-1) == labels).astype(s_logits.dtype))
+        metrics = {
+            "loss": loss,
+            **_pmean(dict(parts), axis_name),
+            "top1": _pmean(top1, axis_name),
+            "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(state.params),
+        }
+        if lr_fn is not None:
+            metrics["lr"] = jnp.asarray(lr_fn(state.step))
+        new_state = state.replace(
+            step=state.step + 1,
+            params=new_params,
+            batch_stats=new_batch_stats,
+            opt_state=new_opt_state,
+        )
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(
+    model: nn.Module, *, axis_name: str | None = None
+) -> Callable[[Any, dict[str, jax.Array]], Metrics]:
+    """Builds `eval_step(variables, batch) -> sums` for masked, padded eval batches.
+
+    Args:
+      model: the classifier, run with `train=False`.
+      axis_name: the data axis inside `shard_map` (sums are `psum`ed), or None.
+
+    Returns:
+      A pure function returning global-batch SUMS "correct1", "correct5", "loss_sum"
+      (softmax cross-entropy) and "count" over the examples with `batch["mask"] == 1`
+      (all examples when the batch has no "mask"). Top-5 becomes top-C when C < 5.
+    """
+
+    def eval_step(variables, batch):
+        images, labels = batch["image"], batch["label"]
+        logits, _ = model.apply(variables, images, train=False)
+        logits = _loss_dtype(logits)  # (B, C)
+        mask = batch.get("mask")
+        mask = jnp.ones(labels.shape, logits.dtype) if mask is None else mask.astype(logits.dtype)
+        k = min(5, logits.shape[-1])
+        _, top_k = lax.top_k(logits, k)  # (B, k)
+        correct1 = top_k[:, 0] == labels
+        correct5 = jnp.any(top_k == labels[:, None], axis=-1)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        sums = {
+            "correct1": jnp.sum(correct1 * mask),
+            "correct5": jnp.sum(correct5 * mask),
+            "loss_sum": jnp.sum(jnp.where(mask > 0, loss, 0.0) * mask),
+            "count": jnp.sum(mask),
+        }
+        return sums if axis_name is None else lax.psum(sums, axis_name)
+
+    return eval_step
