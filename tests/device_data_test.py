@@ -90,6 +90,21 @@ def test_deterministic_in_seed_and_step(mesh):
     assert not np.array_equal(a.batch(5)["image"], c.batch(5)["image"])
 
 
+def test_cached_epoch_permutation_does_not_depend_on_call_order(mesh):
+    images, labels = _random_images()
+    make = lambda: device_data.DeviceData(
+        images, labels, mesh=mesh, global_batch=16, seed=3, mean=MEAN, std=STD
+    )
+    fresh, visited = make(), make()
+    for step in (0, 9, 1, 30, 2):  # Jumps across epochs and back, as a resume does.
+        visited.batch(step)
+    for step in (2, 5, 31):
+        chex.assert_trees_all_equal(
+            jax.device_get(visited.batch(step)), jax.device_get(make().batch(step))
+        )
+    chex.assert_trees_all_equal(jax.device_get(fresh.batch(31)), jax.device_get(make().batch(31)))
+
+
 def test_each_epoch_visits_every_example_once(mesh):
     images, ids = _id_images()
     data = device_data.DeviceData(

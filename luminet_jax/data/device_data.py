@@ -2,7 +2,8 @@
 
 For CIFAR-size data (50,000 x 32 x 32 x 3 = 150 MB) the host input pipeline is the bottleneck
 of a small model's step; here one jitted function turns a step number into a batch with no host
-work: the epoch's permutation, the step's index slice, the gather, random crop with zero padding
+work (the epoch's permutation is computed once per epoch and kept on the devices): the step's
+index slice, the gather, random crop with zero padding
 and horizontal flip, and normalisation, all keyed by (seed, step). The split is replicated on
 every device; the gathered batch comes out sharded over the mesh axis "data".
 """
@@ -64,18 +65,35 @@ def random_crop_flip(images: jax.Array, key: jax.Array, padding: int = PADDING) 
     return jax.vmap(one)(padded, offsets, flips)
 
 
+@functools.partial(jax.jit, static_argnames=("num_examples", "steps_per_epoch", "sharding"))
+def _permutation_fn(seed, step, *, num_examples, steps_per_epoch, sharding):
+    """The permutation of the epoch holding `step`, replicated on every device."""
+    perm_key, _ = step_keys(seed, step, steps_per_epoch)
+    permutation = jax.random.permutation(perm_key, num_examples)
+    # Keep the sort replicated: left to propagation it gets sharded (a slow distributed sort).
+    return jax.lax.with_sharding_constraint(permutation, NamedSharding(sharding.mesh, P()))
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("global_batch", "steps_per_epoch", "augment", "mean", "std", "sharding"),
 )
 def _batch_fn(
-    images, labels, seed, step, *, global_batch, steps_per_epoch, augment, mean, std, sharding
+    images,
+    labels,
+    permutation,
+    seed,
+    step,
+    *,
+    global_batch,
+    steps_per_epoch,
+    augment,
+    mean,
+    std,
+    sharding,
 ):
     """One global batch; module-level so instances with the same shapes share the compilation."""
-    perm_key, aug_key = step_keys(seed, step, steps_per_epoch)
-    permutation = jax.random.permutation(perm_key, labels.shape[0])
-    # Keep the sort replicated: left to propagation it gets sharded (a slow distributed sort).
-    permutation = jax.lax.with_sharding_constraint(permutation, NamedSharding(sharding.mesh, P()))
+    _, aug_key = step_keys(seed, step, steps_per_epoch)
     start = (step % steps_per_epoch) * global_batch
     index = jax.lax.dynamic_slice_in_dim(permutation, start, global_batch)
     # Each device gathers only its own rows of the batch from its replica of the split.
@@ -155,6 +173,7 @@ class DeviceData:
             labels.shape, replicated, lambda index: labels[index]
         )
         self._seed = jnp.asarray(seed, jnp.uint32)
+        self._perm_epoch, self._permutation = None, None  # Cache of the current epoch's order.
         self._static = dict(
             global_batch=global_batch,
             steps_per_epoch=self.steps_per_epoch,
@@ -164,10 +183,27 @@ class DeviceData:
             sharding=self.batch_sharding,
         )
 
-    def batch(self, step: int | jax.Array) -> dict[str, jax.Array]:
-        """The batch of a global step: {"image": float32 (B, H, W, C), "label": int32 (B,)}."""
-        step = jnp.asarray(step, jnp.int32)
-        return _batch_fn(self.images, self.labels, self._seed, step, **self._static)
+    def batch(self, step: int) -> dict[str, jax.Array]:
+        """The batch of a global step: {"image": float32 (B, H, W, C), "label": int32 (B,)}.
+
+        The epoch's permutation is computed once, at the first step of an epoch asked for, and
+        kept on the devices; the rest of the work is one jitted call with no host round trip.
+        """
+        step = int(step)
+        epoch = step // self.steps_per_epoch
+        if epoch != self._perm_epoch:
+            self._permutation = _permutation_fn(
+                self._seed,
+                jnp.asarray(step, jnp.int32),
+                num_examples=self.num_examples,
+                steps_per_epoch=self.steps_per_epoch,
+                sharding=self.batch_sharding,
+            )
+            self._perm_epoch = epoch
+        step_array = jnp.asarray(step, jnp.int32)
+        return _batch_fn(
+            self.images, self.labels, self._permutation, self._seed, step_array, **self._static
+        )
 
 
 def eval_batches(
