@@ -180,3 +180,21 @@ def test_load_teacher_from_pytorch_npz(tmp_path):
     np.savez(tmp_path / "teacher.npz", **state_dict)
     loaded = checkpoint.load_teacher(tmp_path / "teacher.npz", TEACHER, num_classes=NUM_CLASSES)
     chex.assert_trees_all_equal(loaded, variables)
+
+
+def test_load_teacher_checks_shapes_at_the_run_image_size(tmp_path):
+    """A ViT's position embedding depends on the input size: a patch-4 ViT at 32x32."""
+    from luminet_jax import models
+
+    model = models.get_model("vit_compact", num_classes=10, patch_size=8)
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
+    )
+    variables = {"params": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract["params"])}
+    checkpoint.save_variables(tmp_path / "vit", variables)
+    loaded = checkpoint.load_teacher(
+        tmp_path / "vit", "vit_compact", num_classes=10, image_size=16, patch_size=8
+    )
+    chex.assert_trees_all_equal_shapes(loaded["params"], variables["params"])
+    with pytest.raises(ValueError, match="pos_embed"):  # checked at the default 32x32
+        checkpoint.load_teacher(tmp_path / "vit", "vit_compact", num_classes=10, patch_size=8)
