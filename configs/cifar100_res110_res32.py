@@ -1,0 +1,26 @@
+"""resnet110 -> resnet32 on CIFAR-100 (DESIGN.md section 3).
+
+Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls. Teacher: mdistiller's
+cifar_teachers/resnet110_vanilla checkpoint (top-1 74.31), converted to .npz/orbax
+or an earlier `configs/cifar100_teacher.py:resnet110` workdir.
+
+python -m luminet_jax.main --config configs/cifar100_res110_res32.py:method=luminet \
+    --config.teacher.checkpoint=TEACHER --workdir W
+
+Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
+LumiNet 74.20; KD 73.08; DKD 74.11; vanilla 71.14 (KD/DKD/vanilla as reported in the DKD paper).
+"""
+
+from configs import common
+
+# Not published for this pair: LumiNet's defaults.
+_METHODS = common.cifar_methods(
+    luminet=dict(ce_weight=2.0, alpha=31.0, temperature=4.0), dkd_beta=2.0
+)
+
+
+def get_config(arg=None):
+    """`arg`: `method=NAME` or a bare NAME (default luminet)."""
+    return common.cifar100_pair(
+        arg, teacher="resnet110", student="resnet32", methods=_METHODS, base_lr=0.05
+    )

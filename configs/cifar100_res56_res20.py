@@ -1,0 +1,26 @@
+"""resnet56 -> resnet20 on CIFAR-100 (DESIGN.md section 3).
+
+Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls. Teacher: mdistiller's
+cifar_teachers/resnet56_vanilla checkpoint (top-1 72.34), converted to .npz/orbax
+or an earlier `configs/cifar100_teacher.py:resnet56` workdir.
+
+python -m luminet_jax.main --config configs/cifar100_res56_res20.py:method=luminet \
+    --config.teacher.checkpoint=TEACHER --workdir W
+
+Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
+LumiNet 72.29; KD 70.66; DKD 71.97; vanilla 69.06 (KD/DKD/vanilla as reported in the DKD paper).
+"""
+
+from configs import common
+
+# Not published for this pair: LumiNet's defaults.
+_METHODS = common.cifar_methods(
+    luminet=dict(ce_weight=2.0, alpha=31.0, temperature=4.0), dkd_beta=2.0
+)
+
+
+def get_config(arg=None):
+    """`arg`: `method=NAME` or a bare NAME (default luminet)."""
+    return common.cifar100_pair(
+        arg, teacher="resnet56", student="resnet20", methods=_METHODS, base_lr=0.05
+    )

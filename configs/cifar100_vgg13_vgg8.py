@@ -1,0 +1,26 @@
+"""vgg13 -> vgg8 on CIFAR-100 (DESIGN.md section 3).
+
+Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls. Teacher: mdistiller's
+cifar_teachers/vgg13_vanilla checkpoint (top-1 74.64), converted to .npz/orbax
+or an earlier `configs/cifar100_teacher.py:vgg13` workdir.
+
+python -m luminet_jax.main --config configs/cifar100_vgg13_vgg8.py:method=luminet \
+    --config.teacher.checkpoint=TEACHER --workdir W
+
+Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
+LumiNet 74.94; KD 72.98; DKD 74.68; vanilla 70.36 (KD/DKD/vanilla as reported in the DKD paper).
+"""
+
+from configs import common
+
+# From the LumiNet reference configs.
+_METHODS = common.cifar_methods(
+    luminet=dict(ce_weight=1.0, alpha=70.0, temperature=8.0), dkd_beta=6.0
+)
+
+
+def get_config(arg=None):
+    """`arg`: `method=NAME` or a bare NAME (default luminet)."""
+    return common.cifar100_pair(
+        arg, teacher="vgg13", student="vgg8", methods=_METHODS, base_lr=0.05
+    )

@@ -1,0 +1,26 @@
+"""wrn_40_2 -> wrn_16_2 on CIFAR-100 (DESIGN.md section 3).
+
+Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls. Teacher: mdistiller's
+cifar_teachers/wrn_40_2_vanilla checkpoint (top-1 75.61), converted to .npz/orbax
+or an earlier `configs/cifar100_teacher.py:wrn_40_2` workdir.
+
+python -m luminet_jax.main --config configs/cifar100_wrn40_2_wrn16_2.py:method=luminet \
+    --config.teacher.checkpoint=TEACHER --workdir W
+
+Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
+LumiNet 76.38; KD 74.92; DKD 76.24; vanilla 73.26 (KD/DKD/vanilla as reported in the DKD paper).
+"""
+
+from configs import common
+
+# Not published for this pair: LumiNet's defaults.
+_METHODS = common.cifar_methods(
+    luminet=dict(ce_weight=2.0, alpha=31.0, temperature=4.0), dkd_beta=6.0
+)
+
+
+def get_config(arg=None):
+    """`arg`: `method=NAME` or a bare NAME (default luminet)."""
+    return common.cifar100_pair(
+        arg, teacher="wrn_40_2", student="wrn_16_2", methods=_METHODS, base_lr=0.05
+    )

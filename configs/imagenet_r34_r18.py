@@ -1,0 +1,32 @@
+"""ResNet34 -> ResNet18 on ImageNet-1k (DESIGN.md section 3).
+
+Teacher: torchvision's pretrained resnet34 (73.31), converted to .npz or orbax.
+
+python -m luminet_jax.main --config configs/imagenet_r34_r18.py:method=luminet \
+    --config.teacher.checkpoint=TEACHER --config.dataset.data_dir=TFDS_DIR --workdir W
+
+Expected best top-1 of the student after 100 epochs: LumiNet 71.78 (paper; 72.16 in the
+TMLR version); KD 70.66, DKD 71.70, vanilla 69.75 (DKD paper).
+"""
+
+from configs import common
+
+_METHODS = {  # From the reference YAMLs; keys = get_distiller kwargs.
+    "vanilla": dict(name="vanilla"),
+    "kd": dict(name="kd", ce_weight=0.5, kd_weight=0.5, temperature=1.0),
+    # mdistiller configs/imagenet/*/dkd.yaml: beta 0.5, T 1, warmup 1, alpha its default 1.
+    "dkd": dict(name="dkd", ce_weight=1.0, alpha=1.0, beta=0.5, temperature=1.0, warmup_epochs=1),
+    "luminet": dict(
+        name="luminet", ce_weight=1.0, alpha=2.0, temperature=0.7, warmup_epochs=1, stats_groups=1
+    ),
+}
+
+
+def get_config(arg=None):
+    """`arg`: `method=NAME` or a bare NAME (default luminet)."""
+    arg = common.parse_arg(arg, method="luminet")
+    config = common.imagenet()  # batch 512, lr 0.2, 100 epochs, decay 30/60/90, wd 1e-4
+    config.student = dict(name="resnet18")
+    config.teacher = dict(name="resnet34", checkpoint="")
+    config.distiller = dict(_METHODS[arg.method])
+    return config

@@ -1,0 +1,408 @@
+"""The training loop: the one place that reads the config, loops, logs, saves and evaluates.
+
+`train_and_evaluate(config, workdir)` builds the mesh, the data, the student (and the
+frozen teacher when the distiller uses one), the optimizer and the sharded steps, resumes
+from `workdir` if it holds a checkpoint, trains, evaluates and checkpoints. Everything
+below it is a pure library function that takes plain arguments (see configs/common.py for
+the config's sections).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from luminet_jax import (
+    checkpoint,
+    distillers,
+    evaluation,
+    metrics_io,
+    models,
+    optim,
+    sharding,
+    steps,
+)
+from luminet_jax import state as state_lib
+
+AXIS = sharding.DATA_AXIS
+
+
+def _names(text: str) -> list[str]:
+    """Splits a comma-separated config string ("" -> [])."""
+    return [part.strip() for part in str(text or "").split(",") if part.strip()]
+
+
+def _variables(state: state_lib.TrainState) -> dict[str, Any]:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def _build_teacher(
+    teacher_cfg: ml_collections.ConfigDict, *, num_classes: int, image_size: int, dtype: Any
+) -> tuple[Any, Any, str]:
+    """The teacher module (an ensemble for several names) and its loaded variables."""
+    names, paths = _names(teacher_cfg.name), _names(teacher_cfg.checkpoint)
+    # Further keys of the teacher section are model fields (e.g. a ViT's patch_size).
+    model_kwargs = {k: v for k, v in teacher_cfg.items() if k not in ("name", "checkpoint")}
+    if not names:
+        raise ValueError("The distiller uses a teacher but config.teacher.name is empty.")
+    if len(paths) != len(names):
+        raise ValueError(
+            f"config.teacher.checkpoint must give one path per teacher ({names}), got "
+            f"{paths or 'none'}; set --config.teacher.checkpoint=PATH[,PATH...] (an orbax "
+            "dir, a PyTorch-keyed .npz, or a teacher run's workdir)."
+        )
+    members = [
+        models.get_model(name, num_classes=num_classes, dtype=dtype, axis_name=AXIS, **model_kwargs)
+        for name in names
+    ]
+    member_vars = []
+    for name, path in zip(names, paths):
+        logging.info("Loading teacher %s from %s", name, path)
+        member_vars.append(
+            checkpoint.load_teacher(
+                path, name, num_classes=num_classes, image_size=image_size, **model_kwargs
+            )
+        )
+    if len(members) == 1:
+        return members[0], member_vars[0], names[0]
+    ensemble = models.make_ensemble(members)
+    return ensemble, ensemble.combine_variables(member_vars), "+".join(names)
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag that the loop checks between steps."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave the defaults alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signum = signum
+        # A second Ctrl-C interrupts at once.
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+    def requested(self, sync: bool) -> bool:
+        """Whether to stop now.
+
+        With several processes all must stop at the same step (saving is collective), so
+        the flag is only read at `sync` points (log steps), where it is all-gathered.
+        """
+        flag = self.signum is not None
+        if jax.process_count() > 1:
+            if not sync:
+                return False
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+        return flag
+
+    def exception(self) -> BaseException:
+        if self.signum == signal.SIGTERM:
+            return SystemExit(128 + signal.SIGTERM)
+        return KeyboardInterrupt()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    """The datasets as the loop sees them: global batches on the "data" mesh."""
+
+    steps_per_epoch: int
+    image_size: int
+    train_batches: Callable[[int], Callable[[int], Any]]  # start_step -> (step -> batch)
+    eval_batches: Callable[[], Iterator[dict[str, jax.Array]]]  # a fresh pass each call
+
+
+def _make_data(
+    ds: ml_collections.ConfigDict,
+    info: Any,
+    *,
+    mesh: Any,
+    batch_size: int,
+    eval_batch_size: int,
+    seed: int,
+) -> _Data:
+    """Device-resident data (augmented inside jit) or tf.data streams, per `ds`."""
+    from luminet_jax.data import device_data, input_pipeline  # noqa: PLC0415
+
+    data_dir, image_size = ds.data_dir or None, ds.image_size or None
+
+    def to_global(local_batches):
+        for local in local_batches:
+            yield sharding.to_global(local, mesh)
+
+    if ds.device_resident:  # CIFAR-sized: both splits decoded once and kept
+        images, labels = input_pipeline.load_arrays(ds.name, info.train_split, data_dir)
+        train = device_data.DeviceData(
+            images,
+            labels,
+            mesh=mesh,
+            global_batch=batch_size,
+            seed=seed,
+            mean=info.mean,
+            std=info.std,
+            augment=ds.augment,
+        )
+        eval_arrays = input_pipeline.load_arrays(ds.name, info.eval_split, data_dir)
+        return _Data(
+            steps_per_epoch=train.steps_per_epoch,
+            image_size=images.shape[1],
+            train_batches=lambda start_step: train.batch,
+            eval_batches=lambda: to_global(
+                device_data.eval_batches(
+                    *eval_arrays, eval_batch_size, mean=info.mean, std=info.std
+                )
+            ),
+        )
+
+    def train_batches(start_step: int) -> Callable[[int], Any]:
+        it = input_pipeline.make_train_iter(
+            ds.name,
+            global_batch=batch_size,
+            seed=seed,
+            data_dir=data_dir,
+            start_step=start_step,
+            augment=ds.augment,
+            image_size=image_size,
+        )
+        return lambda step: sharding.to_global(next(it), mesh)
+
+    eval_kwargs = dict(global_batch=eval_batch_size, data_dir=data_dir, image_size=image_size)
+    return _Data(
+        steps_per_epoch=info.num_train // batch_size,
+        image_size=image_size or info.image_size,
+        train_batches=train_batches,
+        eval_batches=lambda: to_global(input_pipeline.make_eval_iter(ds.name, **eval_kwargs)),
+    )
+
+
+def _summarize(first_step: int, window: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Means of a window of host metrics; raises at the first step with a non-finite value."""
+    for offset, metrics in enumerate(window):
+        bad = {k: float(v) for k, v in metrics.items() if not np.all(np.isfinite(v))}
+        if bad:
+            raise FloatingPointError(
+                f"Non-finite training metrics {bad} at step {first_step + offset} "
+                f"(the update from state.step={first_step + offset}). Training stopped; the "
+                "state was not saved, so the workdir keeps the last good checkpoint."
+            )
+    return {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains and evaluates the student described by `config`, in `workdir`.
+
+    Args:
+      config: a config as built by `configs/*.py` (see configs/common.py).
+      workdir: where checkpoints (`ckpt/`), `metrics.jsonl`, TensorBoard files and
+        `summary.json` go. A checkpoint already there is resumed from.
+
+    Returns:
+      The summary ("best_top1", "last_top1", "teacher_top1", "steps", "steps_per_epoch",
+      "wall_s") plus "state", the final `TrainState`.
+
+    Raises:
+      ValueError: a batch size that does not divide over the devices, a missing teacher
+        checkpoint, a teacher checkpoint that does not match the teacher model.
+      FloatingPointError: a non-finite loss (or gradient norm), naming the step.
+    """
+    from luminet_jax.data import input_pipeline  # noqa: PLC0415 (tensorflow: lazily)
+
+    start_time = time.time()
+    mesh = sharding.make_mesh()
+    sharding.check_global_batch(config.batch_size, mesh)
+    sharding.check_global_batch(config.eval_batch_size, mesh)
+
+    distiller = distillers.get_distiller(**config.distiller)
+    uses_teacher = bool(getattr(distiller, "uses_teacher", True))
+    ds = config.dataset
+    info = input_pipeline.dataset_info(ds.name, data_dir=ds.data_dir or None)
+    num_classes = info.num_classes
+    dtype = jnp.dtype(config.compute_dtype) if config.compute_dtype else None
+    student = models.get_model(
+        **config.student, num_classes=num_classes, dtype=dtype, axis_name=AXIS
+    )
+    teacher, teacher_vars, teacher_name = None, None, ""
+    if uses_teacher:
+        teacher, teacher_vars, teacher_name = _build_teacher(
+            config.teacher,
+            num_classes=num_classes,
+            image_size=ds.image_size or info.image_size,
+            dtype=dtype,
+        )
+        teacher_vars = jax.device_put(teacher_vars, sharding.replicated(mesh))
+
+    data = _make_data(
+        ds,
+        info,
+        mesh=mesh,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        seed=config.seed,
+    )
+    steps_per_epoch, size = data.steps_per_epoch, data.image_size
+    if steps_per_epoch <= 0:
+        raise ValueError(f"{info.num_train} training examples < batch {config.batch_size}")
+    total_steps = (
+        config.num_train_steps
+        if config.num_train_steps > 0
+        else config.num_epochs * steps_per_epoch
+    )
+    eval_every = config.eval_every_steps or config.eval_every_epochs * steps_per_epoch
+
+    lr_fn = optim.make_schedule(**config.schedule, steps_per_epoch=steps_per_epoch)
+    tx = optim.make_optimizer(learning_rate=lr_fn, **config.optim)
+
+    def init(rng):
+        dummy = jnp.zeros((1, size, size, 3), jnp.float32)
+        return state_lib.create_train_state(student.init(rng, dummy, train=False), tx)
+
+    state = jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(config.seed))
+    ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+    state = ckpt.restore_or(state)
+    start_step = int(jax.device_get(state.step))
+    logging.info(
+        "Student %s (%d params); %d steps/epoch, %d total, starting at %d.",
+        config.student.name,
+        sum(x.size for x in jax.tree.leaves(state.params)),
+        steps_per_epoch,
+        total_steps,
+        start_step,
+    )
+
+    next_batch = data.train_batches(start_step)
+    eval_batches = data.eval_batches
+    eval_step = sharding.shard_eval_step(steps.make_eval_step(student, axis_name=AXIS), mesh)
+    train_step = sharding.shard_train_step(
+        steps.make_train_step(
+            student,
+            teacher if uses_teacher else None,
+            distiller,
+            tx,
+            steps_per_epoch=steps_per_epoch,
+            axis_name=AXIS,
+            lr_fn=lr_fn,
+        ),
+        mesh,
+    )
+
+    writer = metrics_io.MetricWriter(workdir)
+    summary: dict[str, Any] = {"teacher_top1": math.nan}
+    if uses_teacher and config.eval_teacher:
+        t_eval_step = sharding.shard_eval_step(steps.make_eval_step(teacher, axis_name=AXIS), mesh)
+        t_metrics = evaluation.evaluate(t_eval_step, teacher_vars, eval_batches())
+        summary["teacher_top1"] = float(t_metrics["top1"])
+        writer.write(start_step, {"teacher_top1": t_metrics["top1"]})
+        logging.info("Teacher %s top-1 %.4f", teacher_name, t_metrics["top1"])
+
+    # The best eval so far survives a resume through metrics.jsonl.
+    earlier = [r for r in metrics_io.read_metrics(workdir) if r["step"] <= start_step]
+    best, last = metrics_io.best_and_last(earlier)
+    best_top1 = -math.inf if math.isnan(best) else best
+    last_top1 = last
+    last_eval_step = max((r["step"] for r in earlier if "eval/top1" in r), default=-1)
+
+    def run_eval(step: int) -> None:
+        nonlocal best_top1, last_top1, last_eval_step
+        m = evaluation.evaluate(eval_step, _variables(state), eval_batches())
+        best_top1, last_top1, last_eval_step = max(best_top1, m["top1"]), m["top1"], step
+        writer.write(
+            step,
+            {
+                "epoch": step / steps_per_epoch,
+                "eval/top1": m["top1"],
+                "eval/top5": m["top5"],
+                "eval/loss": m["loss"],
+                "eval/best_top1": best_top1,
+            },
+        )
+        logging.info(
+            "step %d eval: top1 %.4f top5 %.4f loss %.4f (best top1 %.4f)",
+            step, m["top1"], m["top5"], m["loss"], best_top1,
+        )  # fmt: skip
+
+    pending: list[dict[str, jax.Array]] = []  # device metrics since the last flush
+    window_time, window_step = time.time(), start_step
+    step = start_step
+    with _StopRequest() as stop:
+        try:
+            while step < total_steps:
+                state, metrics = train_step(state, teacher_vars, next_batch(step))
+                pending.append(metrics)
+                step += 1
+                at_log = step % config.log_every_steps == 0 or step == total_steps
+                at_ckpt = step % config.ckpt_every_steps == 0 or step == total_steps
+                at_eval = step % eval_every == 0 or step == total_steps
+                stopping = stop.requested(sync=at_log)
+                if not (at_log or at_ckpt or at_eval or stopping):
+                    continue
+                # One host transfer per window; checked before anything is saved.
+                means = _summarize(step - len(pending), jax.device_get(pending))
+                pending = []
+                now = time.time()
+                rate = (step - window_step) / max(now - window_time, 1e-9)
+                window_time, window_step = now, step
+                writer.write(step, {f"train/{k}": v for k, v in means.items()})
+                logging.info(
+                    "step %d/%d (epoch %.2f) loss %.4f top1 %.3f lr %.4g | %.1f img/s | ETA %s",
+                    step, total_steps, step / steps_per_epoch, means["loss"],
+                    means.get("top1", math.nan), means.get("lr", math.nan),
+                    rate * config.batch_size, _format_eta((total_steps - step) / rate),
+                )  # fmt: skip
+                if at_eval:
+                    run_eval(step)
+                if at_ckpt or stopping:
+                    ckpt.save(step, state)
+                if stopping:
+                    logging.warning("Interrupted: saved a checkpoint at step %d.", step)
+                    raise stop.exception()
+            if last_eval_step != step:  # e.g. resuming a run that had finished
+                run_eval(step)
+            if ckpt.latest_step() != step:
+                ckpt.save(step, state)
+            summary.update(
+                best_top1=float(best_top1),
+                last_top1=float(last_top1),
+                steps=step,
+                steps_per_epoch=steps_per_epoch,
+                wall_s=time.time() - start_time,
+            )
+            writer.write(step, {f"summary/{k}": v for k, v in summary.items()})
+        finally:
+            ckpt.wait()
+            writer.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+    logging.info("Done: %s", summary)
+    return {**summary, "state": state}

@@ -1,0 +1,224 @@
+"""End-to-end `train.train_and_evaluate` on the shipped CIFAR-10 sample, 8 fake CPU devices.
+
+Tiny runs: resnet8, global batch 16, a few steps, from configs/quickstart.py with overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+import signal
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from configs import quickstart
+from luminet_jax import checkpoint, metrics_io, sharding, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """Runs of one config compile the same programs: let later runs reuse them.
+
+    Only takes effect when this module compiles first in the session (JAX reads the
+    setting once); otherwise it changes nothing.
+    """
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    yield
+
+
+def _config(method: str = "teacher", *, steps: int = 4, teacher_dir: str = "", **overrides):
+    """The quickstart config shrunk to resnet8, batch 16 and `steps` steps (lr 0.1)."""
+    config = quickstart.get_config(f"method={method},teacher_dir={teacher_dir}")
+    config.schedule.base_lr = 0.1
+    config.student.name = "resnet8"
+    if method != "teacher":
+        config.teacher.name = "resnet8"
+    config.batch_size = 16
+    config.eval_batch_size = 200
+    config.num_train_steps = steps
+    config.log_every_steps = 1
+    config.ckpt_every_steps = 1000
+    config.keep_checkpoints = 3
+    config.eval_teacher = True
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            config[section][field] = value
+        else:
+            config[key] = value
+    return config
+
+
+def _losses(workdir, key="train/loss") -> list[float]:
+    return [r[key] for r in metrics_io.read_metrics(workdir) if key in r]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("teacher"))
+    config = _config(steps=30, ckpt_every_steps=15)
+    return workdir, train.train_and_evaluate(config, workdir)
+
+
+def test_teacher_run_writes_metrics_and_checkpoints(teacher_run):
+    workdir, result = teacher_run
+    assert result["steps"] == 30 and int(result["state"].step) == 30
+    losses = _losses(workdir)
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    assert np.mean(losses[-8:]) < np.mean(losses[:8]), losses  # it learns
+    records = metrics_io.read_metrics(workdir)
+    evals = [r for r in records if "eval/top1" in r]
+    assert evals[-1]["step"] == 30 and 0.0 <= evals[-1]["eval/top1"] <= 1.0
+    assert result["last_top1"] == pytest.approx(evals[-1]["eval/top1"])
+    assert any("summary/best_top1" in r for r in records)
+    assert os.path.exists(os.path.join(workdir, "summary.json"))
+    assert checkpoint.Checkpointer(workdir).all_steps() == [15, 30]
+    assert np.isnan(result["teacher_top1"])  # vanilla: no teacher loaded
+
+
+def test_metric_records_after_a_resume(tmp_path):
+    writer = metrics_io.MetricWriter(str(tmp_path), tensorboard=False)
+    for step, top1 in [(10, 0.5), (20, 0.7), (30, 0.2), (20, 0.6), (30, 0.4)]:
+        writer.write(step, {"eval/top1": np.float32(top1)})  # steps 20-30 rerun after resume
+    writer.write(30, {"train/loss": float("nan")})
+    records = metrics_io.read_metrics(str(tmp_path))
+    assert len(records) == 6 and np.isnan(records[-1]["train/loss"])
+    best, last = metrics_io.best_and_last(records)
+    assert best == pytest.approx(0.6) and last == pytest.approx(0.4)
+
+
+def test_luminet_student_from_teacher_workdir(teacher_run, tmp_path):
+    teacher_dir, teacher_result = teacher_run
+    config = _config("luminet", steps=20, teacher_dir=teacher_dir)
+    result = train.train_and_evaluate(config, str(tmp_path))
+    # The teacher evaluated at start is exactly the teacher run's final model.
+    assert result["teacher_top1"] == pytest.approx(teacher_result["last_top1"], abs=1e-6)
+    records = metrics_io.read_metrics(str(tmp_path))
+    assert records[0]["teacher_top1"] == pytest.approx(result["teacher_top1"])
+    kd = _losses(str(tmp_path), "train/loss_kd")
+    assert len(kd) == 20 and all(np.isfinite(kd)) and kd[0] > 0
+    total = _losses(str(tmp_path))
+    assert np.mean(total[-6:]) < np.mean(total[:6]), total
+    assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 20
+
+
+def test_ensemble_teacher_averages_members(teacher_run):
+    teacher_dir, _ = teacher_run
+    single = _config("kd", teacher_dir=teacher_dir).teacher
+    double = _config("kd").teacher
+    double.name, double.checkpoint = "resnet8,resnet8", f"{teacher_dir},{teacher_dir}"
+    module1, vars1, _ = train._build_teacher(single, num_classes=10, dtype=None)
+    module2, vars2, name = train._build_teacher(double, num_classes=10, dtype=None)
+    assert name == "resnet8+resnet8"
+    images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    logits1, _ = module1.apply(vars1, images, train=False)
+    logits2, _ = module2.apply(vars2, images, train=False)
+    chex.assert_trees_all_close(logits2, logits1, rtol=1e-5, atol=1e-5)
+    double.checkpoint = teacher_dir  # one path for two teachers
+    with pytest.raises(ValueError, match="one path per teacher"):
+        train._build_teacher(double, num_classes=10, dtype=None)
+
+
+def _resume_from_step_15(teacher_dir: str, workdir: pathlib.Path) -> dict:
+    """Copies the 30-step teacher run as it was at step 15 and resumes it to step 30."""
+    shutil.copytree(teacher_dir, workdir)
+    shutil.rmtree(workdir / "ckpt" / "30")
+    assert checkpoint.Checkpointer(workdir).latest_step() == 15
+    return train.train_and_evaluate(_config(steps=30, ckpt_every_steps=15), str(workdir))
+
+
+def test_resume_equals_uninterrupted_run(teacher_run, tmp_path):
+    teacher_dir, full = teacher_run
+    resumed = _resume_from_step_15(teacher_dir, tmp_path / "resumed")
+    assert int(resumed["state"].step) == 30
+    # The device-resident data is a function of (seed, step): the same batches after resume.
+    chex.assert_trees_all_close(resumed["state"].params, full["state"].params, rtol=1e-5)
+    chex.assert_trees_all_close(resumed["state"].batch_stats, full["state"].batch_stats, rtol=1e-5)
+    chex.assert_trees_all_close(resumed["state"].opt_state, full["state"].opt_state, rtol=1e-5)
+    assert resumed["last_top1"] == pytest.approx(full["last_top1"], abs=2e-3)
+
+
+@pytest.mark.slow
+def test_resume_onto_fewer_devices(teacher_run, tmp_path, monkeypatch):
+    teacher_dir, full = teacher_run
+    make_mesh = sharding.make_mesh
+    monkeypatch.setattr(sharding, "make_mesh", lambda: make_mesh(jax.devices()[:4]))
+    resumed = _resume_from_step_15(teacher_dir, tmp_path / "resumed")
+    assert int(resumed["state"].step) == 30
+    # Only the order of the float32 reductions changes with the device count; over 15
+    # steps at lr 0.1 that moved parameters by up to ~1e-3 here.
+    chex.assert_trees_all_close(resumed["state"].params, full["state"].params, atol=5e-3)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path, monkeypatch):
+    write = metrics_io.MetricWriter.write
+
+    def write_then_signal(self, step, metrics):  # SIGTERM arrives during step 3's logging
+        write(self, step, metrics)
+        if step == 3 and "train/loss" in metrics:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(metrics_io.MetricWriter, "write", write_then_signal)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        train.train_and_evaluate(_config(steps=30), str(tmp_path))
+    assert info.value.code == 128 + signal.SIGTERM
+    assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 4
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is restored
+
+
+@pytest.mark.parametrize(
+    "overrides,error,match",
+    [
+        (dict(batch_size=12), ValueError, "divisible"),
+        (dict(eval_batch_size=100), ValueError, "divisible"),
+        (dict(student__name="resnet9"), KeyError, "resnet9"),
+        (dict(distiller__name="nope"), KeyError, "nope"),
+        (dict(distiller__temprature=2.0), TypeError, "temprature"),
+        (dict(dataset__name="nope"), ValueError, "nope"),
+        (dict(dataset__name="cifar100_local"), FileNotFoundError, "cifar-100"),
+    ],
+)
+def test_config_errors(overrides, error, match, tmp_path):
+    config = _config(**overrides)
+    if config.dataset.name == "cifar100_local":
+        config.dataset.data_dir = str(tmp_path)  # an empty folder: the data is missing
+    with pytest.raises(error, match=match):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_teacher_errors(teacher_run, tmp_path):
+    teacher_dir, _ = teacher_run
+    with pytest.raises(ValueError, match="checkpoint"):
+        train.train_and_evaluate(_config("kd"), str(tmp_path / "none"))
+    mismatch = _config("kd", teacher_dir=teacher_dir, teacher__name="resnet14")
+    with pytest.raises(ValueError):
+        train.train_and_evaluate(mismatch, str(tmp_path / "mismatch"))
+
+
+def test_corrupt_checkpoint_fails_clearly(teacher_run, tmp_path):
+    teacher_dir, _ = teacher_run
+    workdir = tmp_path / "corrupt"
+    shutil.copytree(teacher_dir, workdir)
+    latest = workdir / "ckpt" / "30"
+    for path in pathlib.Path(latest).rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="Could not restore"):
+        train.train_and_evaluate(_config(steps=40), str(workdir))
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_good_checkpoint(tmp_path):
+    config = _config(steps=8, ckpt_every_steps=1, schedule__base_lr=1e15)
+    with pytest.raises(FloatingPointError, match=r"step \d+") as info:
+        train.train_and_evaluate(config, str(tmp_path))
+    bad_step = int(re.search(r"at step (\d+)", str(info.value)).group(1))
+    assert 1 <= bad_step < 8
+    # Checkpoints stop at the last state whose metrics were finite.
+    assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == bad_step
