@@ -113,8 +113,8 @@ def test_ensemble_teacher_averages_members(teacher_run):
     single = _config("kd", teacher_dir=teacher_dir).teacher
     double = _config("kd").teacher
     double.name, double.checkpoint = "resnet8,resnet8", f"{teacher_dir},{teacher_dir}"
-    module1, vars1, _ = train._build_teacher(single, num_classes=10, dtype=None)
-    module2, vars2, name = train._build_teacher(double, num_classes=10, dtype=None)
+    module1, vars1, _ = train._build_teacher(single, num_classes=10, image_size=32, dtype=None)
+    module2, vars2, name = train._build_teacher(double, num_classes=10, image_size=32, dtype=None)
     assert name == "resnet8+resnet8"
     images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
     logits1, _ = module1.apply(vars1, images, train=False)
@@ -122,7 +122,7 @@ def test_ensemble_teacher_averages_members(teacher_run):
     chex.assert_trees_all_close(logits2, logits1, rtol=1e-5, atol=1e-5)
     double.checkpoint = teacher_dir  # one path for two teachers
     with pytest.raises(ValueError, match="one path per teacher"):
-        train._build_teacher(double, num_classes=10, dtype=None)
+        train._build_teacher(double, num_classes=10, image_size=32, dtype=None)
 
 
 def _resume_from_step_15(teacher_dir: str, workdir: pathlib.Path) -> dict:
