@@ -8,6 +8,7 @@ Every config has the same top-level sections (read only by `luminet_jax/train.py
     eval_batch_size   GLOBAL eval batch (the last one is padded and masked)
     num_epochs        training length; num_train_steps > 0 overrides it (tests, smoke runs)
     compute_dtype     "" (the inputs' dtype, float32) or "bfloat16" etc., for both models
+    fast_conv         "" (off), "pointwise" or "all": luminet_jax.fast_conv on CPU
     student           get_model kwargs: name (+ model fields); num_classes/dtype/axis_name
                       are filled in by the trainer
     teacher           name and checkpoint (a converted orbax dir, a PyTorch-keyed .npz, or an
@@ -95,6 +96,7 @@ def base(**overrides: Any) -> ml_collections.ConfigDict:
     config.num_epochs = 240
     config.num_train_steps = -1  # > 0: stop after this many steps (tests, smoke runs)
     config.compute_dtype = ""  # "" = float32 parameters and compute; "bfloat16" on GPU/TPU
+    config.fast_conv = ""  # CPU only: "pointwise" or "all" = conv weight grads as matmuls
     config.student = dict(name="resnet8")
     config.teacher = dict(name="", checkpoint="")
     config.distiller = dict(name="vanilla")

@@ -1,0 +1,354 @@
+"""Times the full distillation step (teacher forward, student forward/backward, SGD update).
+
+    python benchmarks/step.py --pair resnet32x4:resnet8x4 --methods kd,luminet,dkd,vanilla \
+        --batch 64 --dtype float32 --devices 1 --steps 20 [--fast-conv [pointwise|all|compare]] \
+        [--framework jax|torch|both] [--data] [--out results.json]
+
+Each JAX step is `steps.make_train_step` jitted by `sharding.shard_train_step` on synthetic
+data already on the devices. All variants (methods x frameworks x fast-conv settings) are
+compiled first and then timed INTERLEAVED, one step of each per round, so every ratio
+compares steps measured under the same machine load. Reported: median ms/step, images/s,
+the ratio to the KD step of the same framework and setting, the JAX/PyTorch ratio, and the
+extra learnable parameters a method adds (0 for the logit methods). `--data` also times the
+input pipelines alone (device-resident CIFAR batches, and tf.data decode+augment of JPEGs).
+Heavy imports (TensorFlow) happen only for `--data`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Recipe hyperparameters of the resnet32x4 -> resnet8x4 pair (DESIGN.md section 3).
+HPARAMS = {
+    "vanilla": dict(ce_weight=1.0),
+    "kd": dict(ce_weight=0.1, kd_weight=0.9, temperature=4.0),
+    "dkd": dict(ce_weight=1.0, alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20),
+    "luminet": dict(ce_weight=2.0, alpha=33.0, temperature=4.0, warmup_epochs=20),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--pair", default="resnet32x4:resnet8x4", help="teacher:student")
+    p.add_argument("--methods", default="kd,luminet,dkd,vanilla")
+    p.add_argument("--batch", type=int, default=64, help="global batch")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--devices", type=int, default=1, help="devices on the data mesh")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
+    p.add_argument(
+        "--fast-conv",
+        nargs="?",
+        const="pointwise",
+        default="off",
+        choices=["off", "pointwise", "all", "compare"],
+        help="luminet_jax.fast_conv scope for JAX (compare: off and pointwise side by side)",
+    )
+    p.add_argument("--framework", default="jax", choices=["jax", "torch", "both"])
+    p.add_argument("--channels-last", action="store_true", help="PyTorch channels_last")
+    p.add_argument("--data", action="store_true", help="also time the input pipelines")
+    p.add_argument("--data-batches", type=int, default=20)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def _setup_devices(n: int) -> None:
+    """On CPU, expose `n` host devices (must run before jax and torch are imported)."""
+    # PyTorch's OpenMP threads spin at barriers by default; next to XLA's thread pool (or
+    # any other load) on a small CPU that stalls its steps by up to ~1.7 s. Passive waiting
+    # removed the stall (resnet8, batch 8: 1,759 -> 42 ms per step).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if n > 1 and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def build_jax_variants(args, methods, fast_modes):
+    """{label: (run_one_step, info)} for every method x fast-conv mode, compiled."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from luminet_jax import fast_conv, models, optim, sharding, state, steps
+    from luminet_jax.distillers import get_distiller
+
+    teacher_name, student_name = args.pair.split(":")
+    devices = jax.devices()[: args.devices]
+    if len(devices) < args.devices:
+        raise SystemExit(f"--devices {args.devices} but only {len(devices)} available")
+    mesh = sharding.make_mesh(devices)
+    sharding.check_global_batch(args.batch, mesh)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None  # None: float32 inputs
+    kw = dict(num_classes=args.num_classes, dtype=dtype, axis_name=sharding.DATA_AXIS)
+    student = models.get_model(student_name, **kw)
+    teacher = models.get_model(teacher_name, **kw)
+
+    rng = np.random.default_rng(0)
+    shape = (args.batch, args.image_size, args.image_size, 3)
+    batch = {
+        "image": rng.normal(size=shape).astype(np.float32),
+        "label": rng.integers(0, args.num_classes, args.batch).astype(np.int32),
+    }
+    batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+    x = jnp.zeros((2,) + shape[1:], jnp.float32)
+    # Models are built for the sharded step (axis_name); init unsharded copies.
+    init_kw = dict(num_classes=args.num_classes, dtype=dtype)
+    s_vars = jax.jit(lambda k: models.get_model(student_name, **init_kw).init(k, x, train=False))(
+        jax.random.key(0)
+    )
+    t_vars = jax.jit(lambda k: models.get_model(teacher_name, **init_kw).init(k, x, train=False))(
+        jax.random.key(1)
+    )
+    replicated = sharding.replicated(mesh)
+    t_vars = jax.device_put(t_vars, replicated)
+    tx = optim.make_optimizer(learning_rate=0.05, momentum=0.9, weight_decay=5e-4)
+    count = lambda tree: int(sum(np.size(leaf) for leaf in jax.tree.leaves(tree)))
+
+    variants = {}
+    for fast in fast_modes:
+        for method in methods:
+            distiller = get_distiller(method, **HPARAMS[method])
+            step = steps.make_train_step(
+                student, teacher, distiller, tx, steps_per_epoch=782, axis_name=sharding.DATA_AXIS
+            )
+            step = fast_conv.wrap(
+                step, enabled=fast != "off", scope=fast if fast != "off" else "pointwise"
+            )
+            # A fresh host copy per variant: the step donates its state's buffers.
+            host_state = jax.tree.map(np.asarray, state.create_train_state(s_vars, tx))
+            train_state = jax.device_put(host_state, replicated)
+            t0 = time.perf_counter()
+            compiled = (
+                sharding.shard_train_step(step, mesh).lower(train_state, t_vars, batch).compile()
+            )
+            compile_s = time.perf_counter() - t0
+            holder = {"state": train_state}
+
+            def run(compiled=compiled, holder=holder):
+                holder["state"], metrics = compiled(holder["state"], t_vars, batch)
+                jax.block_until_ready(metrics)
+                return metrics
+
+            info = {
+                "framework": "jax",
+                "method": method,
+                "fast_conv": fast,
+                "compile_s": compile_s,
+                "student_params": count(train_state.params),
+                "extra_params": count(train_state.extra_params),
+            }
+            label = f"jax/{method}" + ("" if fast == "off" else f"/fast_conv={fast}")
+            variants[label] = (run, info)
+    return variants
+
+
+def build_torch_variants(args, methods):
+    import torch
+
+    from benchmarks import torch_step
+
+    teacher_name, student_name = args.pair.split(":")
+    torch.set_num_threads(os.cpu_count() or 1)
+    variants = {}
+    for method in methods:
+        step, info = torch_step.make_step(
+            student_name,
+            teacher_name,
+            method,
+            batch=args.batch,
+            image_size=args.image_size,
+            num_classes=args.num_classes,
+            channels_last=args.channels_last,
+            amp=args.dtype == "bfloat16",
+        )
+        # Warm up outside the rounds (allocator and oneDNN primitive caches).
+        t0 = time.perf_counter()
+        for _ in range(2):
+            step()
+        info.update(
+            framework="torch", method=method, fast_conv="n/a", compile_s=time.perf_counter() - t0
+        )
+        variants[f"torch/{method}"] = (step, info)
+    return variants
+
+
+def time_interleaved(variants, *, steps: int, warmup: int) -> dict[str, list[float]]:
+    """Runs `warmup` then `steps` rounds; each round runs every variant once, in turn."""
+    times = {label: [] for label in variants}
+    for r in range(warmup + steps):
+        for label, (run, _) in variants.items():
+            t0 = time.perf_counter()
+            run()
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[label].append(dt)
+    return times
+
+
+def summarize(variants, times, batch) -> list[dict]:
+    rows = []
+    for label, (_, info) in variants.items():
+        med = statistics.median(times[label])
+        rows.append(
+            dict(
+                info,
+                label=label,
+                ms_per_step=1e3 * med,
+                ms_min=1e3 * min(times[label]),
+                images_per_s=batch / med,
+            )
+        )
+    by_label = {r["label"]: r for r in rows}
+
+    def paired(label, ref):
+        """Median over rounds of the per-round time ratio (robust to load swings)."""
+        return statistics.median(a / b for a, b in zip(times[label], times[ref]))
+
+    for r in rows:
+        label = r["label"]
+        refs = {
+            "ratio_to_kd": label.replace(f"/{r['method']}", "/kd", 1),
+            "jax_over_torch": f"torch/{r['method']}" if r["framework"] == "jax" else None,
+            "fast_over_plain": label.split("/fast_conv=")[0] if "/fast_conv=" in label else None,
+        }
+        for key, ref in refs.items():
+            if ref in by_label:
+                r[key] = paired(label, ref)
+    return rows
+
+
+def time_data(args) -> list[dict]:
+    """images/s of DeviceData batches and of a tf.data JPEG decode + ImageNet augment."""
+    results = []
+    import jax
+    import numpy as np
+
+    from luminet_jax import sharding
+    from luminet_jax.data import device_data
+
+    mesh = sharding.make_mesh(jax.devices()[: args.devices])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8)  # CIFAR-sized split
+    labels = rng.integers(0, 100, 50_000).astype(np.int32)
+    data = device_data.DeviceData(
+        images, labels, mesh=mesh, global_batch=args.batch, seed=0, mean=(0.5,) * 3, std=(0.25,) * 3
+    )
+    jax.block_until_ready(data.batch(0))
+    t0 = time.perf_counter()
+    for step in range(1, args.data_batches + 1):
+        jax.block_until_ready(data.batch(step))
+    dt = time.perf_counter() - t0
+    results.append(
+        dict(
+            pipeline="device_data (CIFAR, crop+flip)",
+            images_per_s=args.batch * args.data_batches / dt,
+        )
+    )
+
+    tar_path = ROOT.parent / "shared" / "data" / "tiny-imagenet-200-mini.tar.gz"
+    try:
+        import tarfile
+
+        import tensorflow as tf
+
+        from luminet_jax.data import augment
+    except ImportError as e:
+        print(f"[data] skipping tf.data JPEG pipeline: {e}")
+        return results
+    if not tar_path.exists():
+        print(f"[data] skipping tf.data JPEG pipeline: {tar_path} is absent")
+        return results
+    jpegs = []
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            if member.name.endswith(".JPEG") and "/train/" in member.name:
+                jpegs.append(tar.extractfile(member).read())
+                if len(jpegs) >= 4096:
+                    break
+    for size in (64, 224):
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(jpegs)).repeat()
+        ds = ds.enumerate().map(
+            lambda i, b, size=size: augment.normalize(
+                augment.imagenet_train(
+                    tf.io.decode_jpeg(b, channels=3), tf.stack([i, i * 0 + 7]), size=size
+                ),
+                augment.IMAGENET_MEAN,
+                augment.IMAGENET_STD,
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        it = iter(ds.batch(args.batch).prefetch(2))
+        next(it)
+        t0 = time.perf_counter()
+        for _ in range(args.data_batches):
+            next(it)
+        dt = time.perf_counter() - t0
+        results.append(
+            dict(
+                pipeline=f"tf.data JPEG decode + RandomResizedCrop {size} + flip (64px JPEGs)",
+                images_per_s=args.batch * args.data_batches / dt,
+            )
+        )
+    return results
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    _setup_devices(args.devices)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(HPARAMS))
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; known: {sorted(HPARAMS)}")
+    variants = {}
+    if args.framework in ("jax", "both"):
+        modes = ["off", "pointwise"] if args.fast_conv == "compare" else [args.fast_conv]
+        variants.update(build_jax_variants(args, methods, modes))
+    if args.framework in ("torch", "both"):
+        variants.update(build_torch_variants(args, methods))
+
+    import jax
+
+    times = time_interleaved(variants, steps=args.steps, warmup=args.warmup)
+    rows = summarize(variants, times, args.batch)
+    device = jax.devices()[0]
+    header = (
+        f"pair {args.pair}  batch {args.batch}  dtype {args.dtype}  devices {args.devices} "
+        f"({device.platform}: {device.device_kind})  steps {args.steps} (+{args.warmup} warmup)"
+        f"  cpu_count {os.cpu_count()}"
+    )
+    print(header)
+    columns = ("ms/step", "min", "img/s", "/KD", "JAX/PT", "fast/plain", "extra", "compile")
+    widths = (9, 8, 8, 6, 7, 10, 6, 8)
+    print(f"{'variant':36s} " + " ".join(f"{c:>{w}s}" for c, w in zip(columns, widths)))
+    for r in rows:
+        ratio, jt, fp = (
+            f"{r[k]:.3f}" if k in r else "-"
+            for k in ("ratio_to_kd", "jax_over_torch", "fast_over_plain")
+        )
+        print(
+            f"{r['label']:36s} {r['ms_per_step']:9.1f} {r['ms_min']:8.1f} {r['images_per_s']:8.1f} "
+            f"{ratio:>6s} {jt:>7s} {fp:>10s} {r['extra_params']:6d} {r['compile_s']:7.1f}s"
+        )
+    result = {"config": vars(args), "header": header, "steps": rows, "times_s": times}
+    if args.data:
+        result["data"] = time_data(args)
+        for d in result["data"]:
+            print(f"[data] {d['pipeline']}: {d['images_per_s']:.0f} images/s")
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

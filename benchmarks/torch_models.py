@@ -1,0 +1,83 @@
+"""Compact PyTorch CIFAR ResNets (mdistiller's architecture) for the reference step timing.
+
+The same networks as `luminet_jax.models` "resnet8x4"/"resnet32x4" (and the x1 family):
+3x3 stem, three stages of BasicBlocks with strides 1, 2, 2, a 1x1-conv + BN projection
+whenever the stride or width changes, global average pooling and a linear classifier.
+Only used by benchmarks/torch_step.py; parameter counts match DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus (projected) shortcut, then ReLU."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        residual = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + residual)
+
+
+class CifarResNet(nn.Module):
+    """mdistiller's CIFAR ResNet: depth 6n+2, widths (stem, stage1, stage2, stage3)."""
+
+    def __init__(self, depth: int, num_filters: tuple[int, ...], num_classes: int = 100):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, num_filters[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(num_filters[0])
+        inplanes, stages = num_filters[0], []
+        for planes, stride in zip(num_filters[1:], (1, 2, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(BasicBlock(inplanes, planes, stride if i == 0 else 1))
+                inplanes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(inplanes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+_SMALL = (16, 16, 32, 64)
+_WIDE = (32, 64, 128, 256)
+CONFIGS = {
+    "resnet8": (8, _SMALL),
+    "resnet20": (20, _SMALL),
+    "resnet32": (32, _SMALL),
+    "resnet56": (56, _SMALL),
+    "resnet110": (110, _SMALL),
+    "resnet8x4": (8, _WIDE),
+    "resnet32x4": (32, _WIDE),
+}
+
+
+def get_model(name: str, num_classes: int = 100) -> CifarResNet:
+    """A PyTorch CIFAR ResNet by the project's model name (see CONFIGS)."""
+    if name not in CONFIGS:
+        raise KeyError(f"torch reference model {name!r} not available; known: {sorted(CONFIGS)}")
+    depth, filters = CONFIGS[name]
+    return CifarResNet(depth, filters, num_classes)

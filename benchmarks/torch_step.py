@@ -1,0 +1,150 @@
+"""The PyTorch reference distillation step (mdistiller's recipe), for timing against JAX.
+
+One step: the teacher's forward in eval mode without gradients, the student's forward in
+train mode, the distillation loss, backward, and SGD (momentum 0.9, weight decay 5e-4,
+coupled). Losses follow DESIGN.md section 1: KD, DKD, LumiNet and vanilla CE.
+Options: channels_last memory format and bfloat16 autocast ("AMP" on CPU; float16 with
+a GradScaler would be the CUDA choice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+try:  # run as `python benchmarks/step.py` (repo root on sys.path) or from benchmarks/
+    from benchmarks import torch_models
+except ImportError:  # pragma: no cover
+    import torch_models  # type: ignore[no-redef]
+
+# Hyperparameters of the resnet32x4 -> resnet8x4 recipe (DESIGN.md section 3).
+HPARAMS = {
+    "vanilla": dict(ce_weight=1.0),
+    "kd": dict(ce_weight=0.1, kd_weight=0.9, temperature=4.0),
+    "dkd": dict(ce_weight=1.0, alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20),
+    "luminet": dict(ce_weight=2.0, alpha=33.0, temperature=4.0, warmup_epochs=20),
+}
+
+
+def _kl(log_p_t: torch.Tensor, log_p_s: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) summed over classes, averaged over the batch (batchmean)."""
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean()
+
+
+def kd_loss(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
+    return _kl(F.log_softmax(t / temperature, 1), F.log_softmax(s / temperature, 1)) * (
+        temperature**2
+    )
+
+
+def perception(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """LumiNet: per-class standardization over the batch (population variance)."""
+    mean = z.mean(0, keepdim=True)
+    var = ((z - mean) ** 2).mean(0, keepdim=True)
+    return (z - mean) / torch.sqrt(var + eps)
+
+
+def luminet_loss(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
+    hs, ht = perception(s), perception(t)
+    return _kl(F.log_softmax(ht / temperature, 1), F.log_softmax(hs / temperature, 1))
+
+
+def dkd_loss(s, t, labels, alpha: float, beta: float, temperature: float) -> torch.Tensor:
+    """Decoupled KD (Zhao et al. 2022), with log-probabilities via logsumexp."""
+    mask = F.one_hot(labels, s.shape[1]).bool()
+    s_t, t_t = s / temperature, t / temperature
+
+    def binary_log_probs(z):
+        log_p = F.log_softmax(z, 1)
+        log_target = (log_p * mask).sum(1, keepdim=True)
+        log_other = torch.logsumexp(log_p.masked_fill(mask, -float("inf")), 1, keepdim=True)
+        return torch.cat([log_target, log_other], 1)
+
+    tckd = _kl(binary_log_probs(t_t), binary_log_probs(s_t))
+    nckd = _kl(F.log_softmax(t_t - 1000.0 * mask, 1), F.log_softmax(s_t - 1000.0 * mask, 1))
+    return (alpha * tckd + beta * nckd) * temperature**2
+
+
+def distill_loss(method: str, s, t, labels, epoch: int) -> torch.Tensor:
+    """The total loss of `method` on float32 logits (s: student, t: teacher or None)."""
+    hp = HPARAMS[method]
+    ce = F.cross_entropy(s, labels)
+    if method == "vanilla":
+        return hp["ce_weight"] * ce
+    if method == "kd":
+        return hp["ce_weight"] * ce + hp["kd_weight"] * kd_loss(s, t, hp["temperature"])
+    warm = min(epoch / hp["warmup_epochs"], 1.0)
+    if method == "dkd":
+        kd = dkd_loss(s, t, labels, hp["alpha"], hp["beta"], hp["temperature"])
+        return hp["ce_weight"] * ce + warm * kd
+    if method == "luminet":
+        kd = hp["alpha"] ** 2 * luminet_loss(s, t, hp["temperature"])
+        return hp["ce_weight"] * ce + warm * kd
+    raise KeyError(f"unknown method {method!r}; known: {sorted(HPARAMS)}")
+
+
+def make_step(
+    student_name: str,
+    teacher_name: str,
+    method: str,
+    *,
+    batch: int,
+    image_size: int = 32,
+    num_classes: int = 100,
+    channels_last: bool = False,
+    amp: bool = False,
+    lr: float = 0.05,
+    seed: int = 0,
+) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """A no-argument callable running one training step on a fixed synthetic batch.
+
+    Args:
+      student_name: a `torch_models` name (e.g. "resnet8x4").
+      teacher_name: the teacher's name (ignored for "vanilla").
+      method: "vanilla", "kd", "dkd" or "luminet".
+      batch: batch size.
+      image_size: input height and width.
+      num_classes: classifier size.
+      channels_last: use torch.channels_last for models and inputs.
+      amp: bfloat16 autocast for the forward passes (losses in float32).
+      lr: SGD learning rate.
+      seed: torch seed for weights and data.
+
+    Returns:
+      (step, info): `step()` runs one update and returns the loss tensor (synchronous on
+      CPU); info has "student_params" and "extra_params" (0: logit methods add none).
+    """
+    torch.manual_seed(seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    student = torch_models.get_model(student_name, num_classes).to(memory_format=fmt).train()
+    teacher = None
+    if method != "vanilla":
+        teacher = torch_models.get_model(teacher_name, num_classes).to(memory_format=fmt).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    images = torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=fmt)
+    labels = torch.randint(0, num_classes, (batch,))
+    autocast = (
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    )
+
+    def step():
+        with autocast():
+            t_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(images).float()
+            s_logits = student(images).float()
+        loss = distill_loss(method, s_logits, t_logits, labels, epoch=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    info = {"student_params": sum(p.numel() for p in student.parameters()), "extra_params": 0}
+    return step, info
