@@ -40,6 +40,14 @@ def check_logits(
         )
 
 
+def distiller_inputs(
+    s_logits: jax.Array, t_logits: jax.Array, labels: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """A distiller's inputs checked, cast to float32 or wider, the teacher's gradient stopped."""
+    check_logits(s_logits, t_logits, labels)
+    return to_float(s_logits), lax.stop_gradient(to_float(t_logits))
+
+
 def batch_mean(per_sample: jax.Array, axis_name: str | None = None) -> jax.Array:
     """Mean over the batch; with `axis_name`, the mean over the global batch (equal shards)."""
     mean = jnp.mean(per_sample, axis=0)

@@ -7,7 +7,6 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from luminet_jax.distillers import base, common
 
@@ -112,9 +111,7 @@ class DKD:
         epoch: jax.Array | int,
         axis_name: str | None = None,
     ) -> base.LossOutput:
-        common.check_logits(s_logits, t_logits, labels)
-        s_logits = common.to_float(s_logits)
-        t_logits = lax.stop_gradient(common.to_float(t_logits))
+        s_logits, t_logits = common.distiller_inputs(s_logits, t_logits, labels)
         ce = self.ce_weight * common.softmax_xent(s_logits, labels, axis_name=axis_name)
         kd = dkd_loss(
             self._prepare(s_logits),

@@ -6,7 +6,6 @@ import dataclasses
 from typing import ClassVar
 
 import jax
-from jax import lax
 
 from luminet_jax.distillers import base, common
 
@@ -62,9 +61,7 @@ class KD:
         axis_name: str | None = None,
     ) -> base.LossOutput:
         del epoch  # KD has no warmup.
-        common.check_logits(s_logits, t_logits, labels)
-        s_logits = common.to_float(s_logits)
-        t_logits = lax.stop_gradient(common.to_float(t_logits))
+        s_logits, t_logits = common.distiller_inputs(s_logits, t_logits, labels)
         ce = self.ce_weight * common.softmax_xent(s_logits, labels, axis_name=axis_name)
         kd = self.kd_weight * kd_loss(
             self._prepare(s_logits),

@@ -162,9 +162,7 @@ class LumiNet:
         epoch: jax.Array | int,
         axis_name: str | None = None,
     ) -> base.LossOutput:
-        common.check_logits(s_logits, t_logits, labels)
-        s_logits = common.to_float(s_logits)
-        t_logits = lax.stop_gradient(common.to_float(t_logits))
+        s_logits, t_logits = common.distiller_inputs(s_logits, t_logits, labels)
         ce = common.softmax_xent(s_logits, labels, axis_name=axis_name)
         # alpha is squared, as in LumiNet's released code (alpha=33 -> weight 1089).
         kd = self.alpha**2 * luminet_kl(
