@@ -236,3 +236,20 @@ def test_fast_conv_option_trains_the_same(teacher_run, tmp_path):
     # Float32 sums in another order; after 3 steps at lr 0.1 a few entries move by ~2e-5.
     chex.assert_trees_all_close(fast.params, plain.params, rtol=1e-3, atol=1e-4)
     assert not np.allclose(plain.params["fc"]["kernel"], 0)  # it trained
+
+
+def test_metric_writer_writes_tensorboard_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    writer = metrics_io.MetricWriter(str(tmp_path), tensorboard=True)
+    writer.write(1, {"train/loss": np.float32(2.5)})
+    writer.close()
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    import tensorflow as tf  # noqa: PLC0415
+
+    tags = [
+        value.tag
+        for record in tf.data.TFRecordDataset(str(events[0]))
+        for value in tf.compat.v1.Event.FromString(record.numpy()).summary.value
+    ]
+    assert tags == ["train/loss"]
