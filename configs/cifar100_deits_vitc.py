@@ -4,8 +4,8 @@ Our choices (the paper gives only the sizes: a 21.3M teacher and a 2.38M student
 - Both models see 32x32 CIFAR images with 4x4 patches (an 8x8 grid + class token).
   DeiT-small with patch 4 and 100 classes has 21.37M parameters, which matches the
   paper's 21.3M (patch 16 at 224 would be 21.7M), so the teacher is trained on CIFAR-100
-  at 32x32, e.g. `configs/cifar100_teacher.py:deit_small` with
-  --config.student.patch_size=4. The student is `vit_compact` (2.41M, models/vit.py).
+  at 32x32, e.g. `configs/cifar100_teacher.py:model=deit_small,patch_size=4`. The student
+  is `vit_compact` (2.41M, models/vit.py).
 - The CIFAR recipe of DESIGN.md section 3 (SGD 0.05, wd 5e-4, batch 64, 240 epochs,
   decay at 151/181/211, crop + flip) and the CIFAR default hyperparameters: LumiNet
   ce 2 / alpha 31 / T 4, KD 0.1 / 0.9 / T 4, DKD beta 8. Not verified against the paper.
