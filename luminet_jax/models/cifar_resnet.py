@@ -80,15 +80,9 @@ class CifarResNet(nn.Module):
                 )(x)
             feats[f"stage{stage}"] = x
         # Reference: AvgPool2d(8) on the 8x8 map; a global mean is the same at 32x32.
-        pooled = layers.global_avg_pool(x)
-        feats["pooled"] = pooled
-        logits = layers.dense(
-            self.num_classes,
-            pooled.shape[-1],
-            dtype=dtype,
-            param_dtype=self.param_dtype,
-            name="fc",
-        )(pooled)
+        logits = layers.pooled_classifier(
+            x, feats, self.num_classes, dtype=dtype, param_dtype=self.param_dtype, name="fc"
+        )
         return logits, feats
 
 

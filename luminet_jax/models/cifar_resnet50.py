@@ -80,13 +80,7 @@ class ResNet50Cifar(nn.Module):
                     planes, stride if i == 0 else 1, conv, norm, name=f"layer{stage}_{i}"
                 )(x)
             feats[f"stage{stage}"] = x
-        pooled = layers.global_avg_pool(x)
-        feats["pooled"] = pooled
-        logits = layers.dense(
-            self.num_classes,
-            pooled.shape[-1],
-            dtype=dtype,
-            param_dtype=self.param_dtype,
-            name="linear",
-        )(pooled)
+        logits = layers.pooled_classifier(
+            x, feats, self.num_classes, dtype=dtype, param_dtype=self.param_dtype, name="linear"
+        )
         return logits, feats

@@ -165,6 +165,41 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
     return jnp.mean(x, axis=(1, 2))
 
 
+def pooled_classifier(
+    x: jax.Array,
+    feats: dict[str, jax.Array],
+    num_classes: int,
+    *,
+    dtype: Dtype,
+    param_dtype: Dtype = jnp.float32,
+    name: str,
+    **dense_kwargs: Any,
+) -> jax.Array:
+    """The CNN head: global average pool (stored as `feats["pooled"]`), then the classifier.
+
+    Call it inside a module's compact `__call__`; the Dense submodule is named `name`.
+
+    Args:
+      x: (B, H, W, C) last feature map.
+      feats: the model's feature dict; gets the "pooled" entry.
+      num_classes: classifier outputs.
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+      name: the classifier's submodule name (PyTorch's, e.g. "fc" or "linear").
+      **dense_kwargs: `kernel_init` / `bias_init` overrides for `dense`.
+
+    Returns:
+      (B, num_classes) logits.
+    """
+    pooled = global_avg_pool(x)
+    feats["pooled"] = pooled
+    head = dense(
+        num_classes, pooled.shape[-1], dtype=dtype, param_dtype=param_dtype, name=name,
+        **dense_kwargs,
+    )  # fmt: skip
+    return head(pooled)
+
+
 def max_pool(x: jax.Array, kernel: int, stride: int, padding: int = 0) -> jax.Array:
     """PyTorch MaxPool2d(kernel, stride, padding): pads with -inf, floors the output size."""
     return nn.max_pool(

@@ -99,13 +99,7 @@ class MobileNetV1(nn.Module):
                 feats[f"stage{FEATURE_BLOCKS.index(block) + 1}"] = x
         # Reference: AvgPool2d(7) on the 7x7 map; a global mean at 224x224 inputs, and it also
         # accepts smaller inputs.
-        pooled = layers.global_avg_pool(x)
-        feats["pooled"] = pooled
-        logits = layers.dense(
-            self.num_classes,
-            pooled.shape[-1],
-            dtype=dtype,
-            param_dtype=self.param_dtype,
-            name="fc",
-        )(pooled)
+        logits = layers.pooled_classifier(
+            x, feats, self.num_classes, dtype=dtype, param_dtype=self.param_dtype, name="fc"
+        )
         return logits, feats

@@ -138,15 +138,14 @@ class MobileNetV2(nn.Module):
         last_channels = int(1280 * self.width_mult) if self.width_mult > 1.0 else 1280
         x = nn.relu(norm(name="conv2_1")(conv(last_channels, (1, 1), name="conv2_0")(x)))
         # Reference: AvgPool2d(2, ceil_mode=True) on the 2x2 map; a global mean at 32x32 inputs.
-        pooled = layers.global_avg_pool(x)
-        feats["pooled"] = pooled
-        logits = layers.dense(
+        logits = layers.pooled_classifier(
+            x,
+            feats,
             self.num_classes,
-            pooled.shape[-1],
             dtype=dtype,
             param_dtype=self.param_dtype,
             kernel_init=LINEAR_INIT,
             bias_init=nn.initializers.zeros,
             name="classifier_0",
-        )(pooled)
+        )
         return logits, feats

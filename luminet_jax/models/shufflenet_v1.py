@@ -141,13 +141,7 @@ class ShuffleNetV1(nn.Module):
                 in_planes = planes
             feats[f"stage{stage + 1}"] = x
         # Reference: F.avg_pool2d(out, 4); the same as a global mean at 32x32 inputs.
-        pooled = layers.global_avg_pool(x)
-        feats["pooled"] = pooled
-        logits = layers.dense(
-            self.num_classes,
-            pooled.shape[-1],
-            dtype=dtype,
-            param_dtype=self.param_dtype,
-            name="linear",
-        )(pooled)
+        logits = layers.pooled_classifier(
+            x, feats, self.num_classes, dtype=dtype, param_dtype=self.param_dtype, name="linear"
+        )
         return logits, feats

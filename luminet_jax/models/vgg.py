@@ -74,17 +74,16 @@ class VGG(nn.Module):
             feats["stem" if b == 0 else f"stage{b}"] = x
             if b < 3:
                 x = layers.max_pool(x, 2, 2)
-        pooled = layers.global_avg_pool(x)
-        feats["pooled"] = pooled
-        logits = layers.dense(
+        logits = layers.pooled_classifier(
+            x,
+            feats,
             self.num_classes,
-            pooled.shape[-1],
             dtype=dtype,
             param_dtype=self.param_dtype,
             kernel_init=nn.initializers.normal(0.01),
             bias_init=nn.initializers.zeros,
             name="classifier",
-        )(pooled)
+        )
         return logits, feats
 
 

@@ -102,16 +102,15 @@ class WideResNet(nn.Module):
             feats[f"stage{g}"] = x
         x = nn.relu(norm(name="bn1")(x))
         # Reference: avg_pool2d(8) on the 8x8 map; a global mean is the same at 32x32.
-        pooled = layers.global_avg_pool(x)
-        feats["pooled"] = pooled
-        logits = layers.dense(
+        logits = layers.pooled_classifier(
+            x,
+            feats,
             self.num_classes,
-            pooled.shape[-1],
             dtype=dtype,
             param_dtype=self.param_dtype,
             bias_init=nn.initializers.zeros,
             name="fc",
-        )(pooled)
+        )
         return logits, feats
 
 
