@@ -7,16 +7,15 @@ written here.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
 
 import chex
+import image_data
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 from experiments.common import results, runs
 from experiments.figure4 import plot as fig4_plot
@@ -32,19 +31,7 @@ CLASSES = 4
 
 def _image_folder(root: pathlib.Path, *, train: int = 16, test: int = 8, size: int = 8) -> str:
     """train/<class>/*.png and test/<class>/*.png: class = a colour, plus noise."""
-    rng = np.random.default_rng(0)
-    colours = rng.integers(0, 256, (CLASSES, 3))
-    for split, count in (("train", train), ("test", test)):
-        for c in range(CLASSES):
-            folder = root / split / f"c{c}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                noise = rng.integers(-40, 40, (size, size, 3))
-                pixels = np.clip(colours[c] + noise, 0, 255).astype(np.uint8)
-                buffer = io.BytesIO()
-                Image.fromarray(pixels).save(buffer, format="PNG")
-                (folder / f"{i:03d}.png").write_bytes(buffer.getvalue())
-    return str(root)
+    return image_data.colour_folder(root, classes=CLASSES, train=train, test=test, size=size)
 
 
 TINY = [  # every run: the tiny folder dataset, resnet8, batch 16, 3 steps, one eval

@@ -1,10 +1,15 @@
-"""End-to-end `train.train_and_evaluate` on the shipped CIFAR-10 sample, 8 fake CPU devices.
+"""End-to-end `train.train_and_evaluate`, 8 fake CPU devices.
 
-Tiny runs: resnet8, global batch 16, a few steps, from configs/quickstart.py with overrides.
+Tiny runs: resnet8, global batch 16, a few steps, from configs/quickstart.py with overrides,
+on the shipped CIFAR-10 sample or (where a test asserts that training lowers the loss) on
+a generated colour-class folder that resnet8 fits in a few dozen steps: a trend over a few
+noisy steps on real images differs between machines, a fall by half on separable data
+does not.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import re
@@ -12,6 +17,7 @@ import shutil
 import signal
 
 import chex
+import image_data
 import jax
 import numpy as np
 import pytest
@@ -32,15 +38,22 @@ def _compilation_cache(tmp_path_factory):
     yield
 
 
-def _config(method: str = "teacher", *, steps: int = 4, teacher_dir: str = "", **overrides):
-    """The quickstart config shrunk to resnet8, batch 16 and `steps` steps (lr 0.1)."""
+def _config(
+    method: str = "teacher", *, steps: int = 4, teacher_dir: str = "", data: str = "", **overrides
+):
+    """The quickstart config shrunk to resnet8, batch 16 and `steps` steps (lr 0.1).
+
+    `data`: an image folder to train on instead of the CIFAR-10 sample.
+    """
     config = quickstart.get_config(f"method={method},teacher_dir={teacher_dir}")
+    if data:
+        config.dataset.name = f"image_folder:{data}"
     config.schedule.base_lr = 0.1
     config.student.name = "resnet8"
     if method != "teacher":
         config.teacher.name = "resnet8"
     config.batch_size = 16
-    config.eval_batch_size = 200
+    config.eval_batch_size = 64 if data else 200
     config.num_train_steps = steps
     config.log_every_steps = 1
     config.ckpt_every_steps = 1000
@@ -60,9 +73,15 @@ def _losses(workdir, key="train/loss") -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory):
+def colour_data(tmp_path_factory) -> str:
+    """4 colour classes, 8x8: 64 training and 64 test images."""
+    return image_data.colour_folder(tmp_path_factory.mktemp("colour"), train=16, test=16)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, colour_data):
     workdir = str(tmp_path_factory.mktemp("teacher"))
-    config = _config(steps=30, ckpt_every_steps=15)
+    config = _config(steps=30, ckpt_every_steps=15, data=colour_data)
     return workdir, train.train_and_evaluate(config, workdir)
 
 
@@ -71,7 +90,8 @@ def test_teacher_run_writes_metrics_and_checkpoints(teacher_run):
     assert result["steps"] == 30 and int(result["state"].step) == 30
     losses = _losses(workdir)
     assert len(losses) == 30 and all(np.isfinite(losses))
-    assert np.mean(losses[-8:]) < np.mean(losses[:8]), losses  # it learns
+    # It learns: measured 2.3 -> ~0.01 over these 30 steps; halving is a wide margin.
+    assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8]), losses
     records = metrics_io.read_metrics(workdir)
     evals = [r for r in records if "eval/top1" in r]
     assert evals[-1]["step"] == 30 and 0.0 <= evals[-1]["eval/top1"] <= 1.0
@@ -93,9 +113,9 @@ def test_metric_records_after_a_resume(tmp_path):
     assert best == pytest.approx(0.6) and last == pytest.approx(0.4)
 
 
-def test_luminet_student_from_teacher_workdir(teacher_run, tmp_path):
+def test_luminet_student_from_teacher_workdir(teacher_run, colour_data, tmp_path):
     teacher_dir, teacher_result = teacher_run
-    config = _config("luminet", steps=20, teacher_dir=teacher_dir)
+    config = _config("luminet", steps=20, teacher_dir=teacher_dir, data=colour_data)
     result = train.train_and_evaluate(config, str(tmp_path))
     # The teacher evaluated at start is exactly the teacher run's final model.
     assert result["teacher_top1"] == pytest.approx(teacher_result["last_top1"], abs=1e-6)
@@ -103,8 +123,10 @@ def test_luminet_student_from_teacher_workdir(teacher_run, tmp_path):
     assert records[0]["teacher_top1"] == pytest.approx(result["teacher_top1"])
     kd = _losses(str(tmp_path), "train/loss_kd")
     assert len(kd) == 20 and all(np.isfinite(kd)) and kd[0] > 0
+    # The KD weight ramps up over the first 8 steps (warmup 2 epochs of 4 steps), yet the
+    # total falls: measured ~3.5 over the first 6 steps, ~0.15 over the last 6.
     total = _losses(str(tmp_path))
-    assert np.mean(total[-6:]) < np.mean(total[:6]), total
+    assert np.mean(total[-6:]) < 0.5 * np.mean(total[:6]), total
     assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 20
 
 
@@ -113,29 +135,30 @@ def test_ensemble_teacher_averages_members(teacher_run):
     single = _config("kd", teacher_dir=teacher_dir).teacher
     double = _config("kd").teacher
     double.name, double.checkpoint = "resnet8,resnet8", f"{teacher_dir},{teacher_dir}"
-    module1, vars1, _ = train._build_teacher(single, num_classes=10, image_size=32, dtype=None)
-    module2, vars2, name = train._build_teacher(double, num_classes=10, image_size=32, dtype=None)
+    build = functools.partial(train._build_teacher, num_classes=4, image_size=8, dtype=None)
+    module1, vars1, _ = build(single)
+    module2, vars2, name = build(double)
     assert name == "resnet8+resnet8"
-    images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    images = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
     logits1, _ = module1.apply(vars1, images, train=False)
     logits2, _ = module2.apply(vars2, images, train=False)
     chex.assert_trees_all_close(logits2, logits1, rtol=1e-5, atol=1e-5)
     double.checkpoint = teacher_dir  # one path for two teachers
     with pytest.raises(ValueError, match="one path per teacher"):
-        train._build_teacher(double, num_classes=10, image_size=32, dtype=None)
+        build(double)
 
 
-def _resume_from_step_15(teacher_dir: str, workdir: pathlib.Path) -> dict:
+def _resume_from_step_15(teacher_dir: str, workdir: pathlib.Path, data: str) -> dict:
     """Copies the 30-step teacher run as it was at step 15 and resumes it to step 30."""
     shutil.copytree(teacher_dir, workdir)
     shutil.rmtree(workdir / "ckpt" / "30")
     assert checkpoint.Checkpointer(workdir).latest_step() == 15
-    return train.train_and_evaluate(_config(steps=30, ckpt_every_steps=15), str(workdir))
+    return train.train_and_evaluate(_config(steps=30, ckpt_every_steps=15, data=data), str(workdir))
 
 
-def test_resume_equals_uninterrupted_run(teacher_run, tmp_path):
+def test_resume_equals_uninterrupted_run(teacher_run, colour_data, tmp_path):
     teacher_dir, full = teacher_run
-    resumed = _resume_from_step_15(teacher_dir, tmp_path / "resumed")
+    resumed = _resume_from_step_15(teacher_dir, tmp_path / "resumed", colour_data)
     assert int(resumed["state"].step) == 30
     # The device-resident data is a function of (seed, step): the same batches after resume.
     chex.assert_trees_all_close(resumed["state"].params, full["state"].params, rtol=1e-5)
@@ -145,11 +168,11 @@ def test_resume_equals_uninterrupted_run(teacher_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_onto_fewer_devices(teacher_run, tmp_path, monkeypatch):
+def test_resume_onto_fewer_devices(teacher_run, colour_data, tmp_path, monkeypatch):
     teacher_dir, full = teacher_run
     make_mesh = sharding.make_mesh
     monkeypatch.setattr(sharding, "make_mesh", lambda: make_mesh(jax.devices()[:4]))
-    resumed = _resume_from_step_15(teacher_dir, tmp_path / "resumed")
+    resumed = _resume_from_step_15(teacher_dir, tmp_path / "resumed", colour_data)
     assert int(resumed["state"].step) == 30
     # Only the order of the float32 reductions changes with the device count; over 15
     # steps at lr 0.1 that moved parameters by up to ~1e-3 here.
@@ -193,16 +216,16 @@ def test_config_errors(overrides, error, match, tmp_path):
         train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
-def test_teacher_errors(teacher_run, tmp_path):
+def test_teacher_errors(teacher_run, colour_data, tmp_path):
     teacher_dir, _ = teacher_run
     with pytest.raises(ValueError, match="checkpoint"):
         train.train_and_evaluate(_config("kd"), str(tmp_path / "none"))
-    mismatch = _config("kd", teacher_dir=teacher_dir, teacher__name="resnet14")
+    mismatch = _config("kd", teacher_dir=teacher_dir, teacher__name="resnet14", data=colour_data)
     with pytest.raises(ValueError):
         train.train_and_evaluate(mismatch, str(tmp_path / "mismatch"))
 
 
-def test_corrupt_checkpoint_fails_clearly(teacher_run, tmp_path):
+def test_corrupt_checkpoint_fails_clearly(teacher_run, colour_data, tmp_path):
     teacher_dir, _ = teacher_run
     workdir = tmp_path / "corrupt"
     shutil.copytree(teacher_dir, workdir)
@@ -211,7 +234,7 @@ def test_corrupt_checkpoint_fails_clearly(teacher_run, tmp_path):
         if path.is_file():
             path.write_bytes(b"garbage")
     with pytest.raises(RuntimeError, match="Could not restore"):
-        train.train_and_evaluate(_config(steps=40), str(workdir))
+        train.train_and_evaluate(_config(steps=40, data=colour_data), str(workdir))
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_good_checkpoint(tmp_path):
@@ -224,12 +247,17 @@ def test_non_finite_loss_stops_with_step_and_keeps_good_checkpoint(tmp_path):
     assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == bad_step
 
 
-def test_fast_conv_option_trains_the_same(teacher_run, tmp_path):
+def test_fast_conv_option_trains_the_same(teacher_run, colour_data, tmp_path):
     teacher_dir, _ = teacher_run
     runs = {}
     for mode in ("", "all"):  # off, and every convolution's weight gradient as matmuls
         config = _config(
-            "luminet", steps=3, teacher_dir=teacher_dir, fast_conv=mode, eval_teacher=False
+            "luminet",
+            steps=3,
+            teacher_dir=teacher_dir,
+            data=colour_data,
+            fast_conv=mode,
+            eval_teacher=False,
         )
         runs[mode] = train.train_and_evaluate(config, str(tmp_path / (mode or "plain")))
     plain, fast = runs[""]["state"], runs["all"]["state"]
