@@ -16,7 +16,7 @@ python -m luminet_jax.main --config configs/cifar100_deits_vitc.py:method=lumine
 Expected best test top-1 of the student (paper): LumiNet 68.42, KD 67.38.
 """
 
-from configs import common
+from luminet_jax import config_lib as common
 
 _METHODS = common.cifar_methods(
     luminet=dict(ce_weight=2.0, alpha=31.0, temperature=4.0), dkd_beta=8.0

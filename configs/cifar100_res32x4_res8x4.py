@@ -11,7 +11,7 @@ Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
 LumiNet 77.50; KD 73.33; DKD 76.32; vanilla 72.50 (KD/DKD/vanilla as reported in the DKD paper).
 """
 
-from configs import common
+from luminet_jax import config_lib as common
 
 # From the LumiNet reference configs.
 _METHODS = common.cifar_methods(

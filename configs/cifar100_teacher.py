@@ -8,7 +8,7 @@ Expected best test top-1 after 240 epochs (mdistiller's public teachers): resnet
 resnet110 74.31, resnet32x4 79.42, wrn_40_2 75.61, vgg13 74.64, resnet50_cifar 79.34.
 """
 
-from configs import common
+from luminet_jax import config_lib as common
 
 _VIT_PATCH = {"deit_tiny": 16, "deit_small": 16, "vit_compact": 4}  # the models' defaults
 

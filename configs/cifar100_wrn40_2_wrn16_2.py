@@ -11,7 +11,7 @@ Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
 LumiNet 76.38; KD 74.92; DKD 76.24; vanilla 73.26 (KD/DKD/vanilla as reported in the DKD paper).
 """
 
-from configs import common
+from luminet_jax import config_lib as common
 
 # Not published for this pair: LumiNet's defaults.
 _METHODS = common.cifar_methods(

@@ -9,7 +9,7 @@ Expected best top-1 of the student after 100 epochs: LumiNet 71.78 (paper; 72.16
 TMLR version); KD 70.66, DKD 71.70, vanilla 69.75 (DKD paper).
 """
 
-from configs import common
+from luminet_jax import config_lib as common
 
 _METHODS = {  # From the reference YAMLs; keys = get_distiller kwargs.
     "vanilla": dict(name="vanilla"),

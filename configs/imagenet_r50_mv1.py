@@ -9,7 +9,7 @@ Expected best top-1 of the student after 100 epochs: LumiNet 72.55 (paper); KD 6
 DKD 72.05, vanilla 68.87 (DKD paper).
 """
 
-from configs import common
+from luminet_jax import config_lib as common
 
 _METHODS = {  # From the reference YAMLs; keys = get_distiller kwargs.
     "vanilla": dict(name="vanilla"),

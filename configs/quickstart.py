@@ -13,7 +13,7 @@ Expected top-1 on the 1,000 test images (6 epochs on 3,000 images, seed 0; measu
 little data and training, expect a few points of spread between machines.
 """
 
-from configs import common
+from luminet_jax import config_lib as common
 
 TEACHER = "resnet14"
 STUDENT = "resnet8"
