@@ -2,7 +2,7 @@
 
 The only module that imports orbax, so orbax API changes stay here. Training checkpoints
 hold the student's `TrainState` (as its state dict: step, params, batch_stats, opt_state,
-extra_params) under `<workdir>/ckpt/<step>`; the teacher is never saved with them.
+extra_params, extra_state) under `<workdir>/ckpt/<step>`; the teacher is never saved with them.
 """
 
 from __future__ import annotations

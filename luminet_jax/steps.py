@@ -56,8 +56,14 @@ def make_train_step(
         given here so that its BatchNorm statistics are synchronized over the data axis.
       teacher: the teacher module (run with `train=False`), or None when the distiller
         does not use a teacher.
-      distiller: `distiller(s_logits, t_logits, labels, *, epoch, axis_name)` ->
-        `LossOutput`; `distiller.uses_teacher` False skips the teacher's forward pass.
+      distiller: `distiller(s_logits, t_logits, labels, *, epoch, axis_name, ...)` ->
+        `LossOutput` (the contract of `distillers.base.Distiller`). `uses_teacher` False
+        skips the teacher's forward pass; `uses_feats` True passes both models' feats;
+        `teacher_train` True runs the teacher's BatchNorm on batch statistics. A distiller
+        with learnable parts (state.extra_params / extra_state non-empty) also gets
+        `index` (batch["index"] if present), `extra={"params", "state"}` and a per-step
+        `rng`; its extra params are differentiated and updated with the student's, and
+        `LossOutput.state` becomes the new `extra_state`.
       tx: the optimizer.
       steps_per_epoch: optimizer steps per epoch; the 1-based integer epoch passed to
         the distiller is `state.step // steps_per_epoch + 1`, computed on device.
@@ -69,39 +75,72 @@ def make_train_step(
       A pure function. `batch` holds "image" (float NHWC, normalized) and "label" (int).
       Metrics (global-batch scalars): "loss" (the total on the pre-update parameters),
       the distiller's parts ("loss_ce", "loss_kd", ...), "top1", "lr", "grad_norm",
-      "param_norm" (both on the pre-update parameters).
+      "param_norm" (both on the pre-update parameters, extra params included).
     """
     if steps_per_epoch <= 0:
         raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
     uses_teacher = bool(getattr(distiller, "uses_teacher", True)) and teacher is not None
+    uses_feats = bool(getattr(distiller, "uses_feats", False))
+    teacher_train = bool(getattr(distiller, "teacher_train", False))
+
+    def teacher_forward(teacher_variables, images):
+        if teacher_train:  # Batch statistics (OFD); the running statistics are not kept.
+            (logits, feats), _ = teacher.apply(
+                teacher_variables, images, train=True, mutable=["batch_stats"]
+            )
+        else:
+            logits, feats = teacher.apply(teacher_variables, images, train=False)
+        logits = lax.stop_gradient(_loss_dtype(logits))
+        return logits, (lax.stop_gradient(feats) if uses_feats else None)
 
     def train_step(state, teacher_variables, batch):
         images, labels = batch["image"], batch["label"]
         epoch = state.step // steps_per_epoch + 1  # traced int: no recompiles across epochs
         rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+        # The distiller's key (e.g. CRD's negatives) is the same on every shard.
+        distiller_rng = jax.random.fold_in(jax.random.key(dropout_seed + 1), state.step)
         if axis_name is not None:
             rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
 
-        t_logits = None
+        t_logits, t_feats = None, None
         if uses_teacher:
-            t_logits, _ = teacher.apply(teacher_variables, images, train=False)
-            t_logits = lax.stop_gradient(_loss_dtype(t_logits))
+            t_logits, t_feats = teacher_forward(teacher_variables, images)
+        with_extra = state_lib.has_extra(state.extra_params)
 
-        def loss_fn(params):
+        def loss_fn(trainable):
+            params, extra_params = trainable if with_extra else (trainable, state.extra_params)
             variables = {"params": params, "batch_stats": state.batch_stats}
-            (s_logits, _), mutated = student.apply(
+            (s_logits, s_feats), mutated = student.apply(
                 variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
             )
             s_logits = _loss_dtype(s_logits)
-            out = distiller(s_logits, t_logits, labels, epoch=epoch, axis_name=axis_name)
+            extra_kwargs = {}
+            if uses_feats or with_extra or state.extra_state:
+                extra_kwargs = dict(
+                    s_feats=s_feats if uses_feats else None,
+                    t_feats=t_feats,
+                    index=batch.get("index"),
+                    extra={"params": extra_params, "state": state.extra_state},
+                    rng=distiller_rng,
+                )
+            out = distiller(
+                s_logits, t_logits, labels, epoch=epoch, axis_name=axis_name, **extra_kwargs
+            )
             total = _pmean(out.total, axis_name)  # the global-batch loss (see module doc)
-            return total, (out.parts, s_logits, mutated.get("batch_stats", {}))
+            new_state_out = getattr(out, "state", None)  # None (or absent): unchanged
+            new_extra_state = state.extra_state if new_state_out is None else new_state_out
+            aux = (out.parts, s_logits, mutated.get("batch_stats", {}), new_extra_state)
+            return total, aux
 
-        (loss, (parts, s_logits, new_batch_stats)), grads = jax.value_and_grad(
+        trainable = state_lib.optimized(state.params, state.extra_params)
+        (loss, (parts, s_logits, new_batch_stats, new_extra_state)), grads = jax.value_and_grad(
             loss_fn, has_aux=True
-        )(state.params)
-        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
+        )(trainable)
+        updates, new_opt_state = tx.update(grads, state.opt_state, trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
+        new_params, new_extra_params = (
+            new_trainable if with_extra else (new_trainable, state.extra_params)
+        )
 
         top1 = jnp.mean((jnp.argmax(s_logits, axis=-1) == labels).astype(s_logits.dtype))
         metrics = {
@@ -109,7 +148,7 @@ def make_train_step(
             **_pmean(dict(parts), axis_name),
             "top1": _pmean(top1, axis_name),
             "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(state.params),
+            "param_norm": optax.global_norm(trainable),
         }
         if lr_fn is not None:
             metrics["lr"] = jnp.asarray(lr_fn(state.step))
@@ -118,6 +157,8 @@ def make_train_step(
             params=new_params,
             batch_stats=new_batch_stats,
             opt_state=new_opt_state,
+            extra_params=new_extra_params,
+            extra_state=new_extra_state,
         )
         return new_state, metrics
 

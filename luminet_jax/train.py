@@ -49,6 +49,46 @@ def _variables(state: state_lib.TrainState) -> dict[str, Any]:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
+def _init_distiller(
+    distiller: Any,
+    rng: jax.Array,
+    *,
+    student: tuple[Any, Any],
+    teacher: tuple[Any, Any] | None,
+    image_size: int,
+    num_train: int,
+    names: tuple[str, str],
+) -> dict[str, Any]:
+    """A distiller's learnable parts and state (`distiller.init`), from features of a dummy
+    batch at the run's image size; {} for distillers without them.
+
+    A feature key the models lack raises a KeyError naming the models.
+    """
+    if not hasattr(distiller, "init"):
+        return {}
+    dummy = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
+    s_module, s_vars = student
+    _, s_feats = s_module.apply(s_vars, dummy, train=False)
+    t_module, t_vars, t_feats = None, None, None
+    if teacher is not None:
+        t_module, t_vars = teacher
+        _, t_feats = t_module.apply(t_vars, dummy, train=False)
+    try:
+        return distiller.init(
+            rng,
+            s_feats,
+            t_feats,
+            teacher_variables=t_vars,
+            num_train=num_train,
+            teacher=t_module,
+        )
+    except KeyError as e:
+        raise KeyError(
+            f"{type(distiller).__name__} with student {names[0]!r} and teacher "
+            f"{names[1] or 'none'!r}: {e.args[0] if e.args else e}"
+        ) from e
+
+
 def _build_teacher(
     teacher_cfg: ml_collections.ConfigDict, *, num_classes: int, image_size: int, dtype: Any
 ) -> tuple[Any, Any, str]:
@@ -284,18 +324,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     lr_fn = optim.make_schedule(**config.schedule, steps_per_epoch=steps_per_epoch)
     tx = optim.make_optimizer(learning_rate=lr_fn, **config.optim)
 
-    def init(rng):
-        dummy = jnp.zeros((1, size, size, 3), jnp.float32)
-        return state_lib.create_train_state(student.init(rng, dummy, train=False), tx)
+    def init(rng, teacher_variables):
+        s_rng, d_rng = jax.random.split(rng)
+        variables = student.init(s_rng, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+        extra = _init_distiller(
+            distiller,
+            d_rng,
+            student=(student, variables),
+            teacher=(teacher, teacher_variables) if uses_teacher else None,
+            image_size=size,
+            num_train=info.num_train,
+            names=(config.student.name, teacher_name),
+        )
+        return state_lib.create_train_state(variables, tx, extra)
 
-    state = jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(config.seed))
+    state = jax.jit(init, out_shardings=sharding.replicated(mesh))(
+        jax.random.key(config.seed), teacher_vars
+    )
     ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
     state = ckpt.restore_or(state)
     start_step = int(jax.device_get(state.step))
     logging.info(
-        "Student %s (%d params); %d steps/epoch, %d total, starting at %d.",
+        "Student %s (%d params, %d extra from the distiller); %d steps/epoch, %d total, "
+        "starting at %d.",
         config.student.name,
         sum(x.size for x in jax.tree.leaves(state.params)),
+        sum(x.size for x in jax.tree.leaves(state.extra_params)),
         steps_per_epoch,
         total_steps,
         start_step,

@@ -73,7 +73,7 @@ def test_round_trip_onto_another_device_count(tmp_path, save_devices, restore_de
     want = sharding.replicated(restore_mesh)
     for leaf in jax.tree.leaves(restored):
         assert leaf.sharding.is_equivalent_to(want, leaf.ndim), leaf.sharding
-    assert int(restored.step) == 8 and restored.extra_params is None
+    assert int(restored.step) == 8 and restored.extra_params == {}
     assert restored.batch_stats["bn"]["mean"].shape == (4,)
 
 

@@ -280,7 +280,7 @@ def test_create_train_state_keeps_dtypes_and_fills_missing_batch_stats(dtype):
     train_state = state.create_train_state(
         {"params": params}, optim.make_optimizer(learning_rate=0.1, weight_decay=1e-4)
     )
-    assert train_state.batch_stats == {} and train_state.extra_params is None
+    assert train_state.batch_stats == {} and train_state.extra_params == {}
     assert int(train_state.step) == 0 and train_state.step.dtype == jnp.int32
     assert all(x.dtype == dtype for x in jax.tree.leaves(train_state.params))
     assert all(x.dtype == dtype for x in jax.tree.leaves(train_state.opt_state[1][0].trace))

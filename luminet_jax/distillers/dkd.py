@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +82,7 @@ def dkd_loss(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DKD:
+class DKD(base.LogitDistiller):
     """loss = ce_weight * CE + min(epoch / warmup_epochs, 1) * dkd_loss."""
 
     uses_teacher: ClassVar[bool] = True
@@ -110,6 +110,7 @@ class DKD:
         *,
         epoch: jax.Array | int,
         axis_name: str | None = None,
+        **unused: Any,  # the contract's feature/state keywords (base.Distiller)
     ) -> base.LossOutput:
         s_logits, t_logits = common.distiller_inputs(s_logits, t_logits, labels)
         ce = self.ce_weight * common.softmax_xent(s_logits, labels, axis_name=axis_name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 
@@ -35,7 +35,7 @@ def kd_loss(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class KD:
+class KD(base.LogitDistiller):
     """loss = ce_weight * CE + kd_weight * kd_loss (no warmup, as in mdistiller)."""
 
     uses_teacher: ClassVar[bool] = True
@@ -59,6 +59,7 @@ class KD:
         *,
         epoch: jax.Array | int,
         axis_name: str | None = None,
+        **unused: Any,  # the contract's feature/state keywords (base.Distiller)
     ) -> base.LossOutput:
         del epoch  # KD has no warmup.
         s_logits, t_logits = common.distiller_inputs(s_logits, t_logits, labels)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -130,7 +130,7 @@ def luminet_kl(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LumiNet:
+class LumiNet(base.LogitDistiller):
     """loss = ce_weight * CE + min(epoch / warmup_epochs, 1) * alpha**2 * KL_lumi."""
 
     uses_teacher: ClassVar[bool] = True
@@ -161,6 +161,7 @@ class LumiNet:
         *,
         epoch: jax.Array | int,
         axis_name: str | None = None,
+        **unused: Any,  # the contract's feature/state keywords (base.Distiller)
     ) -> base.LossOutput:
         s_logits, t_logits = common.distiller_inputs(s_logits, t_logits, labels)
         ce = common.softmax_xent(s_logits, labels, axis_name=axis_name)

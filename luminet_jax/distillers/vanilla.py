@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ from luminet_jax.distillers import base, common
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Vanilla:
+class Vanilla(base.LogitDistiller):
     """loss = ce_weight * CE; the teacher is ignored (the step passes t_logits=None)."""
 
     uses_teacher: ClassVar[bool] = False
@@ -27,6 +27,7 @@ class Vanilla:
         *,
         epoch: jax.Array | int,
         axis_name: str | None = None,
+        **unused: Any,  # the contract's feature/state keywords (base.Distiller)
     ) -> base.LossOutput:
         del t_logits, epoch  # Unused: CE only.
         common.check_logits(s_logits, labels=labels)
