@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from luminet_jax.distillers import base, common, dkd, kd, logit_standardization, luminet, vanilla
+from luminet_jax.distillers import (
+    base,
+    common,
+    dkd,
+    feature_losses,
+    kd,
+    logit_standardization,
+    luminet,
+    vanilla,
+)
 
 LossOutput = base.LossOutput
 Distiller = base.Distiller
@@ -18,6 +27,17 @@ ensemble_logits = common.ensemble_logits
 softmax_xent = common.softmax_xent
 topk_correct = common.topk_correct
 topk_accuracy = common.topk_accuracy
+at_loss = feature_losses.at_loss
+rkd_loss = feature_losses.rkd_loss
+pkt_loss = feature_losses.pkt_loss
+sp_loss = feature_losses.sp_loss
+nst_loss = feature_losses.nst_loss
+vid_loss = feature_losses.vid_loss
+ofd_margin = feature_losses.ofd_margin
+ofd_loss = feature_losses.ofd_loss
+hcl_loss = feature_losses.hcl_loss
+kdsvd_loss = feature_losses.kdsvd_loss
+adaptive_avg_pool = feature_losses.adaptive_avg_pool
 
 DISTILLERS = {
     "vanilla": vanilla.Vanilla,
