@@ -1,1 +1,11 @@
-"""Detection: Faster R-CNN + FPN ops, models, data and COCO evaluation (DESIGN.md section 7)."""
+"""Detection: Faster R-CNN + FPN ops, models, data and COCO evaluation (DESIGN.md section 7).
+
+Modules (one concept each; import them directly, this package imports nothing heavy):
+  ops        box IoU, greedy NMS (plain, masked, per-class), RoIAlign by gather, box coding.
+  anchors    detectron2's DefaultAnchorGenerator for p2..p6.
+  matching   Matcher (IoU thresholds -> labels) and fixed-size fg/bg sampling, RPN and RoI targets.
+  poolers    FPN level assignment and multi-level RoIAlign (ROIAlignV2).
+  losses     RPN and RoI head losses.
+  fpn, rpn, roi_heads, rcnn (assembly), coco (data + COCO eval), convert (detectron2 import),
+  steps (train/eval steps).
+"""

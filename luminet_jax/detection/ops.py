@@ -1,0 +1,305 @@
+"""Box ops for Faster R-CNN: IoU, greedy NMS, RoIAlign, box coding, clipping.
+
+All functions are pure, jit-compatible with static shapes, and work in the input dtype
+(float64 under x64). Boxes are x1y1x2y2 in input-image pixels; features are NHWC.
+
+Semantics follow the references the detectron2 checkpoints were trained with:
+- `box_iou`: detectron2's `pairwise_iou` (0 where boxes do not intersect, so zero-area
+  padding boxes give 0, never NaN).
+- `nms`, `batched_nms`: torchvision's CPU `nms` kernel (greedy in descending score order,
+  a box is suppressed when its IoU with a kept box is strictly greater than the threshold)
+  and `batched_nms`'s coordinate-offset trick for per-class NMS.
+- `roi_align`: torchvision's `roi_align` forward, edge rules included; no gradient w.r.t.
+  the boxes (torchvision defines none).
+- `encode_boxes` / `decode_boxes`: detectron2's `Box2BoxTransform` (widths x2 - x1, no +1).
+"""
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+SCALE_CLAMP = math.log(1000.0 / 16)  # detectron2's _DEFAULT_SCALE_CLAMP for dw, dh.
+
+
+def box_area(boxes: jax.Array) -> jax.Array:
+    """(x2 - x1) * (y2 - y1) over the last axis, (..., 4) -> (...)."""
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def box_iou(boxes1: jax.Array, boxes2: jax.Array) -> jax.Array:
+    """Pairwise IoU, (N, 4) x (M, 4) -> (N, M); 0 where the intersection is empty."""
+    area1 = box_area(boxes1)
+    area2 = box_area(boxes2)
+    lt = jnp.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = jnp.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = jnp.maximum(rb - lt, 0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, None] + area2[None, :] - inter
+    return jnp.where(inter > 0, inter / jnp.where(inter > 0, union, 1), 0)
+
+
+def _iou_one(box: jax.Array, boxes: jax.Array) -> jax.Array:
+    """IoU of one box (4,) with boxes (N, 4) -> (N,), as `box_iou`."""
+    return box_iou(box[None], boxes)[0]
+
+
+def nms(
+    boxes: jax.Array,
+    scores: jax.Array,
+    *,
+    iou_threshold: float,
+    max_outputs: int,
+    mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Greedy non-maximum suppression with a static output size.
+
+    Visits boxes in descending score order (ties: lower index first, as a stable sort) and
+    keeps a box unless a kept box has IoU strictly greater than `iou_threshold` with it.
+
+    Args:
+      boxes: (N, 4) x1y1x2y2.
+      scores: (N,).
+      iou_threshold: suppression threshold.
+      max_outputs: static number of output slots; greedy stops after this many kept boxes
+        (the kept boxes are then the first `max_outputs` of torchvision's `nms` result).
+      mask: optional (N,) bool; boxes with False are never kept and suppress nothing.
+
+    Returns:
+      indices: (max_outputs,) int32 into `boxes`, in keep order, padded with -1.
+      count: () int32 number of kept boxes.
+    """
+    n = boxes.shape[0]
+    order = jnp.argsort(-scores, stable=True)
+    sorted_boxes = boxes[order]
+    alive = jnp.ones((n,), bool) if mask is None else mask.astype(bool)[order]
+
+    def body(k, carry):
+        alive, indices, count = carry
+        pos = jnp.argmax(alive)  # First alive box in sorted order = next kept box.
+        any_alive = alive[pos]
+        suppress = _iou_one(sorted_boxes[pos], sorted_boxes) > iou_threshold
+        suppress = suppress | (jnp.arange(n) == pos)
+        alive = jnp.where(any_alive, alive & ~suppress, alive)
+        indices = indices.at[k].set(jnp.where(any_alive, order[pos], -1).astype(jnp.int32))
+        return alive, indices, count + any_alive.astype(jnp.int32)
+
+    init = (alive, jnp.full((max_outputs,), -1, jnp.int32), jnp.zeros((), jnp.int32))
+    if n == 0:
+        return init[1], init[2]
+    _, indices, count = jax.lax.fori_loop(0, max_outputs, body, init)
+    return indices, count
+
+
+def batched_nms(
+    boxes: jax.Array,
+    scores: jax.Array,
+    idxs: jax.Array,
+    *,
+    iou_threshold: float,
+    max_outputs: int,
+    mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """NMS within each category `idxs` (N,) int: torchvision's coordinate-offset trick.
+
+    Boxes of different categories are shifted apart by `idxs * (max coordinate + 1)`, the
+    maximum taken over the boxes in `mask`, so they never overlap. Same outputs as `nms`.
+    """
+    valid = jnp.ones(scores.shape, bool) if mask is None else mask.astype(bool)
+    max_coordinate = jnp.max(jnp.where(valid[:, None], boxes, -jnp.inf), initial=-jnp.inf)
+    max_coordinate = jnp.where(jnp.isfinite(max_coordinate), max_coordinate, 0)
+    offsets = idxs.astype(boxes.dtype) * (max_coordinate + 1)
+    return nms(
+        boxes + offsets[:, None],
+        scores,
+        iou_threshold=iou_threshold,
+        max_outputs=max_outputs,
+        mask=valid,
+    )
+
+
+def _bilinear_axis(coord: jax.Array, size: jax.Array):
+    """torchvision's per-axis RoIAlign sample rule for coordinates `coord` on an axis of `size`.
+
+    Returns (low index, high index, weight of low, weight of high, valid); the 2-D weights
+    are products of the per-axis ones, and a sample is zero unless valid on both axes.
+    """
+    valid = (coord >= -1.0) & (coord <= size)  # NaN coordinates are invalid.
+    c = jnp.where(valid, jnp.maximum(coord, 0), 0)
+    low = jnp.floor(c).astype(jnp.int32)
+    at_end = low >= size - 1
+    last = (size - 1).astype(jnp.int32)
+    low = jnp.where(at_end, last, low)
+    high = jnp.where(at_end, last, low + 1)
+    c = jnp.where(at_end, low.astype(c.dtype), c)
+    frac = c - low.astype(c.dtype)
+    return low, high, 1.0 - frac, frac, valid
+
+
+def roi_align_flat(
+    flat_features: jax.Array,
+    boxes: jax.Array,
+    *,
+    heights: jax.Array,
+    widths: jax.Array,
+    offsets: jax.Array,
+    spatial_scales: jax.Array,
+    output_size: int,
+    sampling_ratio: int = 2,
+    aligned: bool = True,
+) -> jax.Array:
+    """RoIAlign by gather from row-major flattened maps, one map choice per RoI.
+
+    The kernel behind `roi_align` and the multi-level pooler: RoI r of image b pools from
+    the map of size heights[b, r] x widths[b, r] stored at rows offsets[b, r] onward of
+    flat_features[b] (row y * width + x), with its boxes scaled by spatial_scales[b, r].
+
+    Args:
+      flat_features: (B, L, C).
+      boxes: (B, R, 4) in input pixels; carries no gradient (as torchvision's).
+      heights, widths, offsets: (B, R) int; spatial_scales: (B, R) float.
+      output_size, sampling_ratio, aligned: as in `roi_align`.
+
+    Returns:
+      (B, R, output_size, output_size, C).
+    """
+    if sampling_ratio <= 0:
+        raise ValueError(f"sampling_ratio must be > 0 for static shapes, got {sampling_ratio}")
+    dtype = flat_features.dtype
+    boxes = jax.lax.stop_gradient(boxes).astype(dtype)
+    scale = spatial_scales.astype(dtype)
+    shift = 0.5 if aligned else 0.0
+    x1 = boxes[..., 0] * scale - shift
+    y1 = boxes[..., 1] * scale - shift
+    x2 = boxes[..., 2] * scale - shift
+    y2 = boxes[..., 3] * scale - shift
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:  # Legacy Detectron: malformed RoIs become at least 1 x 1.
+        roi_w, roi_h = jnp.maximum(roi_w, 1.0), jnp.maximum(roi_h, 1.0)
+    bin_w, bin_h = roi_w / output_size, roi_h / output_size
+
+    # Sample s = p * sampling_ratio + i sits at start + p * bin + (i + 0.5) * bin / ratio.
+    bins = jnp.repeat(jnp.arange(output_size, dtype=dtype), sampling_ratio)
+    within = jnp.tile(jnp.arange(sampling_ratio, dtype=dtype) + 0.5, output_size)
+
+    def samples(start, bin_size):  # (B, R) -> (B, R, S)
+        return (
+            start[..., None]
+            + bins * bin_size[..., None]
+            + within * bin_size[..., None] / sampling_ratio
+        )
+
+    h = heights.astype(dtype)[..., None]
+    w = widths.astype(dtype)[..., None]
+    y_lo, y_hi, wy_lo, wy_hi, y_ok = _bilinear_axis(samples(y1, bin_h), h)
+    x_lo, x_hi, wx_lo, wx_hi, x_ok = _bilinear_axis(samples(x1, bin_w), w)
+    ok = (y_ok[..., :, None] & x_ok[..., None, :]).astype(dtype)  # (B, R, S, S)
+
+    row_base = offsets.astype(jnp.int32)[..., None, None]
+    width_i = widths.astype(jnp.int32)[..., None, None]
+    gather = jax.vmap(lambda f, idx: f[idx])  # (L, C), (R, S, S) -> (R, S, S, C) per image.
+    out = 0
+    for yi, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
+        for xi, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
+            idx = row_base + yi[..., :, None] * width_i + xi[..., None, :]
+            weight = wy[..., :, None] * wx[..., None, :] * ok
+            out = out + weight[..., None] * gather(flat_features, idx)
+    out = out.reshape(*out.shape[:2], output_size, sampling_ratio, output_size, sampling_ratio, -1)
+    return out.sum(axis=(3, 5)) / (sampling_ratio * sampling_ratio)
+
+
+def roi_align(
+    features: jax.Array,
+    boxes: jax.Array,
+    *,
+    output_size: int,
+    spatial_scale: float,
+    sampling_ratio: int = 2,
+    aligned: bool = True,
+) -> jax.Array:
+    """torchvision's `roi_align` on NHWC features, (B, H, W, C) x (B, R, 4) -> (B, R, o, o, C).
+
+    Box coordinates are multiplied by `spatial_scale` and, with `aligned`, shifted by -0.5
+    (detectron2's ROIAlignV2); without it, RoI width and height are clamped to >= 1. Each of
+    the o x o bins averages sampling_ratio^2 bilinear samples; a sample with y < -1 or
+    y > H (likewise x) contributes 0, any other is clamped into [0, H - 1] first (torchvision's
+    rules: y <= 0 reads row 0, y_low >= H - 1 reads row H - 1 only). Differentiable w.r.t.
+    `features`; `sampling_ratio` must be > 0 (static shapes).
+    """
+    b, height, width, c = features.shape
+    r = boxes.shape[1]
+    full = lambda v: jnp.full((b, r), v)  # noqa: E731
+    return roi_align_flat(
+        features.reshape(b, height * width, c),
+        boxes,
+        heights=full(height),
+        widths=full(width),
+        offsets=full(0),
+        spatial_scales=full(spatial_scale).astype(features.dtype),
+        output_size=output_size,
+        sampling_ratio=sampling_ratio,
+        aligned=aligned,
+    )
+
+
+def encode_boxes(gt: jax.Array, anchors: jax.Array, *, weights: Sequence[float]) -> jax.Array:
+    """detectron2's `Box2BoxTransform.get_deltas`: (..., 4) targets w.r.t. anchors -> deltas."""
+    wx, wy, ww, wh = weights
+    aw = anchors[..., 2] - anchors[..., 0]
+    ah = anchors[..., 3] - anchors[..., 1]
+    ax = anchors[..., 0] + 0.5 * aw
+    ay = anchors[..., 1] + 0.5 * ah
+    gw = gt[..., 2] - gt[..., 0]
+    gh = gt[..., 3] - gt[..., 1]
+    gx = gt[..., 0] + 0.5 * gw
+    gy = gt[..., 1] + 0.5 * gh
+    return jnp.stack(
+        [
+            wx * (gx - ax) / aw,
+            wy * (gy - ay) / ah,
+            ww * jnp.log(gw / aw),
+            wh * jnp.log(gh / ah),
+        ],
+        axis=-1,
+    )
+
+
+def decode_boxes(
+    deltas: jax.Array,
+    anchors: jax.Array,
+    *,
+    weights: Sequence[float],
+    scale_clamp: float = SCALE_CLAMP,
+) -> jax.Array:
+    """detectron2's `Box2BoxTransform.apply_deltas`: (..., 4) deltas on anchors -> boxes.
+
+    dw and dh (after dividing by their weights) are clamped above at `scale_clamp`.
+    For class-specific deltas reshape them to (N, K, 4) and pass anchors[:, None].
+    """
+    wx, wy, ww, wh = weights
+    anchors = anchors.astype(deltas.dtype)
+    aw = anchors[..., 2] - anchors[..., 0]
+    ah = anchors[..., 3] - anchors[..., 1]
+    ax = anchors[..., 0] + 0.5 * aw
+    ay = anchors[..., 1] + 0.5 * ah
+    dx = deltas[..., 0] / wx
+    dy = deltas[..., 1] / wy
+    dw = jnp.minimum(deltas[..., 2] / ww, scale_clamp)
+    dh = jnp.minimum(deltas[..., 3] / wh, scale_clamp)
+    cx = dx * aw + ax
+    cy = dy * ah + ay
+    pw = jnp.exp(dw) * aw
+    ph = jnp.exp(dh) * ah
+    return jnp.stack([cx - 0.5 * pw, cy - 0.5 * ph, cx + 0.5 * pw, cy + 0.5 * ph], axis=-1)
+
+
+def clip_boxes(boxes: jax.Array, height, width) -> jax.Array:
+    """Clamp x into [0, width] and y into [0, height] (detectron2's `Boxes.clip`).
+
+    `height`/`width` are scalars or arrays broadcastable to boxes.shape[:-1] (per image).
+    """
+    height = jnp.asarray(height, boxes.dtype)[..., None]
+    width = jnp.asarray(width, boxes.dtype)[..., None]
+    upper = jnp.concatenate([width, height, width, height], axis=-1)
+    return jnp.clip(boxes, 0, upper)
