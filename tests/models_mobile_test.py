@@ -74,6 +74,10 @@ FEAT_SHAPES = {
     },
 }
 CIFAR_CNNS = ("shufflenet_v1", "shufflenet_v2", "mobilenet_v2")
+# The CNNs' stage{i}_preact have their stage{i}'s shape.
+for _name in (*CIFAR_CNNS, "mobilenet_v1"):
+    _shapes = FEAT_SHAPES[_name]
+    _shapes.update({f"{k}_preact": v for k, v in list(_shapes.items()) if k.startswith("stage")})
 
 
 # Families whose compute dtype is checked (deit_* share vit_compact's code).

@@ -117,9 +117,10 @@ def test_output_shapes_and_feats(name):
     chex.assert_shape(logits, (2, _num_classes(name)))
     assert logits.dtype == jnp.float32
     assert {"stem", "stage1", "pooled"} <= set(feats)
-    stages = sorted(k for k in feats if k.startswith("stage"))
+    stages = sorted(k for k in feats if k.startswith("stage") and not k.endswith("_preact"))
     assert stages == [f"stage{i}" for i in range(1, len(stages) + 1)]
-    assert set(feats) == {"stem", "pooled", *stages}
+    preacts = {f"{k}_preact" for k in stages} & set(feats)  # CNNs: all (models_feats_test)
+    assert set(feats) == {"stem", "pooled", *stages, *preacts}
     assert feats["pooled"].ndim == 2 and feats["pooled"].shape[0] == 2
     assert set(variables) <= {"params", "batch_stats"}
 

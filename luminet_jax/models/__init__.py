@@ -4,9 +4,14 @@ Every model is a `flax.linen.Module` with
 
     module.apply(variables, images_nhwc, train=False) -> (logits, feats)
 
-where `feats` is a dict with "stem", "stage1".."stageN" and "pooled" entries.
-Models take `num_classes`, `dtype` (compute dtype; None = the inputs' dtype) and
-`axis_name` (synchronized BatchNorm inside the sharded step).
+where `feats` is a dict with "stem", "stage1".."stageN" and "pooled" entries; every CNN
+also has "stage{i}_preact" for every stage, mdistiller's `preact_feats[i]` (the stage output
+before its final ReLU, family by family as DESIGN.md section 6 and each model's docstring
+define it). mdistiller's `preact_feats[0]` is its stem feature itself for the CIFAR models
+(the same tensor as `feats[0]`), so it is `feats["stem"]` here and there is no
+"stem_preact"; `bn_before_relu(model, variables)` gives, per stage, the BatchNorm whose
+output feeds that ReLU (OFD's margins). Models take `num_classes`, `dtype` (compute dtype;
+None = the inputs' dtype) and `axis_name` (synchronized BatchNorm inside the sharded step).
 """
 
 from __future__ import annotations
@@ -112,6 +117,32 @@ def get_model(name: str, *, num_classes: int, **kwargs) -> nn.Module:
 def input_size(name: str) -> int:
     """The square input resolution `name` is built for (32 for CIFAR, 224 for ImageNet)."""
     return INPUT_SIZES[canonical_name(name)]
+
+
+def bn_before_relu(model: nn.Module, variables) -> list[dict]:
+    """Per stage, the BatchNorm whose output feeds the stage's final ReLU (OFD's margins).
+
+    Args:
+      model: a CNN of MODELS (as returned by `get_model`).
+      variables: its {"params", "batch_stats"}.
+
+    Returns:
+      One dict per stage in order (stage1, stage2, ...), with "scale", "bias", "mean" and
+      "var" arrays of shape (C,), C the channels of feats["stage{i}_preact"].
+
+    Raises:
+      ValueError: for a model without BatchNorms before its stage ReLUs (the ViTs, an
+        ensemble), naming the model.
+    """
+    method = getattr(model, "bn_before_relu", None)
+    if method is None:
+        names = [n for n, ctor in MODELS.items() if getattr(ctor, "func", ctor) is type(model)]
+        raise ValueError(
+            f"bn_before_relu: model {type(model).__name__} "
+            f"({', '.join(names) if names else 'not in MODELS'}) has no BatchNorm feeding a "
+            "ReLU at the end of its stages; only the CNNs of the zoo have one"
+        )
+    return method(variables)
 
 
 def make_ensemble(members) -> nn.Module:

@@ -5,6 +5,10 @@ the globally pooled features. A block gets a 1x1-conv + BatchNorm projection sho
 whenever its stride or width changes, so resnet8x4 projects 32 -> 64 in its first stage.
 Submodule names follow the PyTorch reference (`conv1`, `bn1`, `layer1_0/conv1`,
 `layer1_0/downsample_0`, `fc`), so `torch_convert` maps them with its generic rule.
+
+feats: "stem", "stage1".."stage3" (mdistiller's `feats`), "stage{i}_preact" (its
+`preact_feats[i]`: the stage's last block before its final ReLU, `bn2(conv2(.)) + shortcut`)
+and "pooled". `bn_before_relu` gives each stage's last `bn2`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from luminet_jax.models import layers
 
 
 class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN plus (projected) shortcut, then ReLU."""
+    """conv3x3-BN-ReLU-conv3x3-BN plus (projected) shortcut, then ReLU.
+
+    Returns (output, pre-activation): the ReLU's output and its input.
+    """
 
     planes: int
     stride: int
@@ -29,7 +36,7 @@ class BasicBlock(nn.Module):
     norm: Any  # layers.batch_norm partial
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         out = self.conv(self.planes, 3, self.stride, name="conv1")(x)
         out = nn.relu(self.norm(name="bn1")(out))
         out = self.conv(self.planes, 3, 1, name="conv2")(out)
@@ -38,7 +45,8 @@ class BasicBlock(nn.Module):
         if self.stride != 1 or x.shape[-1] != self.planes:
             residual = self.conv(self.planes, 1, self.stride, name="downsample_0")(x)
             residual = self.norm(name="downsample_1")(residual)
-        return nn.relu(out + residual)
+        preact = out + residual
+        return nn.relu(preact), preact
 
 
 class CifarResNet(nn.Module):
@@ -75,15 +83,25 @@ class CifarResNet(nn.Module):
         feats["stem"] = x
         for stage, (planes, stride) in enumerate(zip(self.num_filters[1:], (1, 2, 2)), start=1):
             for i in range(n):
-                x = BasicBlock(
+                x, preact = BasicBlock(
                     planes, stride if i == 0 else 1, conv, norm, name=f"layer{stage}_{i}"
                 )(x)
             feats[f"stage{stage}"] = x
+            feats[f"stage{stage}_preact"] = preact
         # Reference: AvgPool2d(8) on the 8x8 map; a global mean is the same at 32x32.
         logits = layers.pooled_classifier(
             x, feats, self.num_classes, dtype=dtype, param_dtype=self.param_dtype, name="fc"
         )
         return logits, feats
+
+    @nn.nowrap
+    def bn_before_relu(self, variables) -> list[dict[str, jax.Array]]:
+        """Per stage, the BatchNorm feeding its final ReLU: the last block's `bn2`."""
+        last = (self.depth - 2) // 6 - 1
+        return [
+            layers.batch_norm_variables(variables, (f"layer{stage}_{last}", "bn2"))
+            for stage in (1, 2, 3)
+        ]
 
 
 _SMALL = (16, 16, 32, 64)

@@ -3,6 +3,10 @@
 The stem is a stride-1 3x3 conv (no max-pool); stages have widths 64, 128, 256, 512
 (x4 expansion) and strides 1, 2, 2, 2. The projection shortcut is PyTorch's `shortcut`
 Sequential (`shortcut_0` conv, `shortcut_1` BatchNorm) and the classifier is `linear`.
+
+feats: "stem", "stage1".."stage4", "stage{i}_preact" (mdistiller's `preact_feats[i]`: the
+stage's last bottleneck before its final ReLU, `bn3(conv3(.)) + shortcut`) and "pooled".
+`bn_before_relu` gives each stage's last `bn3`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ EXPANSION = 4
 
 
 class Bottleneck(nn.Module):
-    """1x1-3x3(stride)-1x1 bottleneck with a projection shortcut when shapes change."""
+    """1x1-3x3(stride)-1x1 bottleneck with a projection shortcut when shapes change.
+
+    Returns (output, pre-activation): the final ReLU's output and its input.
+    """
 
     planes: int
     stride: int
@@ -29,7 +36,7 @@ class Bottleneck(nn.Module):
     norm: Any
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         out_planes = EXPANSION * self.planes
         out = nn.relu(self.norm(name="bn1")(self.conv(self.planes, 1, 1, name="conv1")(x)))
         out = self.conv(self.planes, 3, self.stride, name="conv2")(out)
@@ -39,7 +46,8 @@ class Bottleneck(nn.Module):
         if self.stride != 1 or x.shape[-1] != out_planes:
             shortcut = self.conv(out_planes, 1, self.stride, name="shortcut_0")(x)
             shortcut = self.norm(name="shortcut_1")(shortcut)
-        return nn.relu(out + shortcut)
+        preact = out + shortcut
+        return nn.relu(preact), preact
 
 
 class ResNet50Cifar(nn.Module):
@@ -76,11 +84,20 @@ class ResNet50Cifar(nn.Module):
             zip(widths, strides, self.num_blocks), start=1
         ):
             for i in range(blocks):
-                x = Bottleneck(
+                x, preact = Bottleneck(
                     planes, stride if i == 0 else 1, conv, norm, name=f"layer{stage}_{i}"
                 )(x)
             feats[f"stage{stage}"] = x
+            feats[f"stage{stage}_preact"] = preact
         logits = layers.pooled_classifier(
             x, feats, self.num_classes, dtype=dtype, param_dtype=self.param_dtype, name="linear"
         )
         return logits, feats
+
+    @nn.nowrap
+    def bn_before_relu(self, variables) -> list[dict[str, jax.Array]]:
+        """Per stage, the BatchNorm feeding its final ReLU: the last bottleneck's `bn3`."""
+        return [
+            layers.batch_norm_variables(variables, (f"layer{stage}_{blocks - 1}", "bn3"))
+            for stage, blocks in enumerate(self.num_blocks, start=1)
+        ]

@@ -5,18 +5,21 @@ hyperparameters, initialization and the compute dtype agree with the PyTorch ref
 
 - `conv(features, kernel, stride, padding, ...)`: an `nn.Conv` with explicit symmetric
   padding (PyTorch's `padding=p`; Flax's "SAME" pads asymmetrically at stride 2) and
-  Kaiming-normal fan-out initialization (mdistiller and torchvision).
+  Kaiming-normal fan-out initialization (mdistiller and torchvision; `kernel_init=` takes
+  another, e.g. `TORCH_DEFAULT_CONV_INIT`).
 - `batch_norm(train=..., axis_name=...)`: momentum 0.9 (= PyTorch 0.1), eps 1e-5, scale 1,
   bias 0, synchronized over `axis_name` when given.
 - `dense(features, ...)`: PyTorch's default `nn.Linear` initialization.
 - `compute_dtype(dtype, x)`: the module's compute dtype, defaulting to the inputs' dtype.
+- `batch_norm_variables(variables, path)`: one BatchNorm's scale, bias and running
+  statistics, for the models' `bn_before_relu` (OFD's margins).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -29,6 +32,9 @@ Dtype = Any
 CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # PyTorch's default nn.Linear weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 LINEAR_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# PyTorch's default nn.Conv2d weight init, the same U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the
+# mdistiller models that never re-initialize their convs (ShuffleNets, MobileNetV1) keep it.
+TORCH_DEFAULT_CONV_INIT = LINEAR_INIT
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -51,6 +57,7 @@ def conv(
     param_dtype: Dtype = jnp.float32,
     use_bias: bool = False,
     groups: int = 1,
+    kernel_init: Callable[..., jax.Array] = CONV_INIT,
     name: str | None = None,
 ) -> nn.Conv:
     """A square conv with PyTorch padding semantics.
@@ -64,6 +71,7 @@ def conv(
       param_dtype: parameter dtype.
       use_bias: whether the conv has a bias (initialized to zero).
       groups: feature groups (depthwise when equal to the input channels).
+      kernel_init: the kernel initializer (default Kaiming-normal fan-out, `CONV_INIT`).
       name: the submodule name (PyTorch's attribute name, see torch_convert).
 
     Returns:
@@ -77,7 +85,7 @@ def conv(
         padding=((pad, pad), (pad, pad)),
         use_bias=use_bias,
         feature_group_count=groups,
-        kernel_init=CONV_INIT,
+        kernel_init=kernel_init,
         bias_init=nn.initializers.zeros,
         dtype=dtype,
         param_dtype=param_dtype,
@@ -114,6 +122,37 @@ def batch_norm(
         dtype=dtype,
         param_dtype=param_dtype,
     )
+
+
+def batch_norm_variables(variables: Any, path: Sequence[str]) -> dict[str, jax.Array]:
+    """The variables of the BatchNorm submodule at `path` (e.g. ("layer3_2", "bn2")).
+
+    Args:
+      variables: a model's {"params": ..., "batch_stats": ...}.
+      path: the BatchNorm's submodule names from the model's root.
+
+    Returns:
+      {"scale", "bias", "mean", "var"}: (C,) arrays, the affine weight and bias and the
+      running statistics (PyTorch's weight, bias, running_mean, running_var).
+
+    Raises:
+      KeyError: naming the path when the variables have no such BatchNorm.
+    """
+    params, stats = variables.get("params", {}), variables.get("batch_stats", {})
+    try:
+        for name in path:
+            params, stats = params[name], stats[name]
+        return {
+            "scale": params["scale"],
+            "bias": params["bias"],
+            "mean": stats["mean"],
+            "var": stats["var"],
+        }
+    except (KeyError, TypeError):
+        raise KeyError(
+            f"The variables have no BatchNorm {'/'.join(path)!r} (params scale/bias and "
+            "batch_stats mean/var); were they made for another model?"
+        ) from None
 
 
 def torch_bias_init(fan_in: int) -> Callable[..., jax.Array]:

@@ -8,7 +8,9 @@ and 12, global average pooling and a linear head. Names follow the PyTorch
 4 the BatchNorms; the stem is `model_0_0`/`model_0_1`), and the head is `fc`.
 
 feats: "stem" is the stem output (112x112 at 224 input); "stage1".."stage4" are
-mdistiller's feats after blocks 3, 5, 11 and 13 (post-ReLU, 56/28/14/7); "pooled" is the
+mdistiller's feats after blocks 3, 5, 11 and 13 (post-ReLU, 56/28/14/7);
+"stage{i}_preact" are its `preact_feats[i - 1]`, the same blocks' pointwise BatchNorm
+output before the ReLU (that BatchNorm, `model_K_4`, is `bn_before_relu`); "pooled" is the
 1024-d pooled feature.
 """
 
@@ -46,7 +48,7 @@ BLOCKS = (
 FEATURE_BLOCKS = (3, 5, 11, 13)
 
 # mdistiller keeps PyTorch's default Conv2d init, U(+-1/sqrt(fan_in)) like nn.Linear's.
-TORCH_DEFAULT_KERNEL_INIT = layers.LINEAR_INIT
+TORCH_DEFAULT_KERNEL_INIT = layers.TORCH_DEFAULT_CONV_INIT
 
 
 class MobileNetV1(nn.Module):
@@ -70,36 +72,40 @@ class MobileNetV1(nn.Module):
         dtype = layers.compute_dtype(self.dtype, x)
         x = x.astype(dtype)
         conv = functools.partial(
-            nn.Conv,
-            use_bias=False,
+            layers.conv,
             dtype=dtype,
             param_dtype=self.param_dtype,
             kernel_init=TORCH_DEFAULT_KERNEL_INIT,
         )
-        conv3x3 = functools.partial(conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)))
         norm = layers.batch_norm(
             train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
         )
         feats = {}
-        x = conv3x3(STEM_CHANNELS, strides=(2, 2), name="model_0_0")(x)
+        x = conv(STEM_CHANNELS, 3, 2, name="model_0_0")(x)
         x = nn.relu(norm(name="model_0_1")(x))
         feats["stem"] = x
         for block, (channels, stride) in enumerate(BLOCKS, start=1):
             in_channels = x.shape[-1]
-            x = conv3x3(
-                in_channels,
-                strides=(stride, stride),
-                feature_group_count=in_channels,
-                name=f"model_{block}_0",
-            )(x)
+            x = conv(in_channels, 3, stride, groups=in_channels, name=f"model_{block}_0")(x)
             x = nn.relu(norm(name=f"model_{block}_1")(x))
-            x = conv(channels, (1, 1), name=f"model_{block}_3")(x)
-            x = nn.relu(norm(name=f"model_{block}_4")(x))
+            x = conv(channels, 1, name=f"model_{block}_3")(x)
+            preact = norm(name=f"model_{block}_4")(x)
+            x = nn.relu(preact)
             if block in FEATURE_BLOCKS:
-                feats[f"stage{FEATURE_BLOCKS.index(block) + 1}"] = x
+                stage = FEATURE_BLOCKS.index(block) + 1
+                feats[f"stage{stage}"] = x
+                feats[f"stage{stage}_preact"] = preact
         # Reference: AvgPool2d(7) on the 7x7 map; a global mean at 224x224 inputs, and it also
         # accepts smaller inputs.
         logits = layers.pooled_classifier(
             x, feats, self.num_classes, dtype=dtype, param_dtype=self.param_dtype, name="fc"
         )
         return logits, feats
+
+    @nn.nowrap
+    def bn_before_relu(self, variables) -> list[dict[str, jnp.ndarray]]:
+        """Per stage, the pointwise BatchNorm (`model_K_4`) of the stage's last block."""
+        return [
+            layers.batch_norm_variables(variables, (f"model_{block}_4",))
+            for block in FEATURE_BLOCKS
+        ]

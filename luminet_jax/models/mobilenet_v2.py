@@ -9,7 +9,10 @@ Submodules carry the PyTorch names (`blocks_2_0/conv_3` <-> `blocks.2.0.conv.3`,
 `conv1_0` <-> `conv1.0`, `classifier_0` <-> `classifier.0`).
 
 feats: "stem" is the stem output; "stage1".."stage4" are mdistiller's f1..f4 (after block
-groups 1, 2, 4 and 6); "pooled" is the pooled 1280-d feature.
+groups 1, 2, 4 and 6); "pooled" is the pooled 1280-d feature. mdistiller has no
+preact_feats here; the blocks end in a linear projection (no ReLU), so "stage{i}_preact" is
+the stage output itself, and `bn_before_relu` gives the projection BatchNorm (`conv_7`) of
+the stage's last block.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ INVERTED_RESIDUAL_SETTING = (
 # Block groups after which mdistiller records a feature (f1..f4).
 FEATURE_GROUPS = (1, 2, 4, 6)
 
-# mdistiller's init: conv weights N(0, sqrt(2 / (k*k*out_channels))), linear weights N(0, 0.01).
-CONV_INIT = layers.CONV_INIT
+# mdistiller's init: conv weights N(0, sqrt(2 / (k*k*out_channels))) (`layers.conv`'s
+# default), linear weights N(0, 0.01).
 LINEAR_INIT = nn.initializers.normal(0.01)
 
 
@@ -50,7 +53,7 @@ class InvertedResidual(nn.Module):
       out_channels: output channels.
       stride: stride of the depthwise conv.
       expand_ratio: expansion of the hidden width.
-      conv: a partial of `nn.Conv`.
+      conv: a partial of `layers.conv` (dtypes bound).
       norm: a partial of `nn.BatchNorm`.
     """
 
@@ -65,17 +68,10 @@ class InvertedResidual(nn.Module):
         in_channels = x.shape[-1]
         hidden = in_channels * self.expand_ratio
         # Names follow the PyTorch nn.Sequential indices (2 and 5 are the ReLUs).
-        out = nn.relu(self.norm(name="conv_1")(self.conv(hidden, (1, 1), name="conv_0")(x)))
-        out = self.conv(
-            hidden,
-            (3, 3),
-            strides=(self.stride, self.stride),
-            padding=((1, 1), (1, 1)),
-            feature_group_count=hidden,
-            name="conv_3",
-        )(out)
+        out = nn.relu(self.norm(name="conv_1")(self.conv(hidden, 1, name="conv_0")(x)))
+        out = self.conv(hidden, 3, self.stride, groups=hidden, name="conv_3")(out)
         out = nn.relu(self.norm(name="conv_4")(out))
-        out = self.norm(name="conv_7")(self.conv(self.out_channels, (1, 1), name="conv_6")(out))
+        out = self.norm(name="conv_7")(self.conv(self.out_channels, 1, name="conv_6")(out))
         if self.stride == 1 and in_channels == self.out_channels:
             return x + out
         return out
@@ -107,19 +103,13 @@ class MobileNetV2(nn.Module):
         """Returns (logits, feats) for NHWC images."""
         dtype = layers.compute_dtype(self.dtype, x)
         x = x.astype(dtype)
-        conv = functools.partial(
-            nn.Conv,
-            use_bias=False,
-            dtype=dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=CONV_INIT,
-        )
+        conv = functools.partial(layers.conv, dtype=dtype, param_dtype=self.param_dtype)
         norm = layers.batch_norm(
             train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
         )
         feats = {}
         stem_channels = int(32 * self.width_mult)
-        x = conv(stem_channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), name="conv1_0")(x)
+        x = conv(stem_channels, 3, 2, name="conv1_0")(x)
         x = nn.relu(norm(name="conv1_1")(x))
         feats["stem"] = x
         for group, (expansion, channels, blocks, stride) in enumerate(self.setting):
@@ -134,9 +124,11 @@ class MobileNetV2(nn.Module):
                     name=f"blocks_{group}_{index}",
                 )(x)
             if group in FEATURE_GROUPS:
-                feats[f"stage{FEATURE_GROUPS.index(group) + 1}"] = x
+                stage = FEATURE_GROUPS.index(group) + 1
+                feats[f"stage{stage}"] = x
+                feats[f"stage{stage}_preact"] = x  # no ReLU after a linear bottleneck
         last_channels = int(1280 * self.width_mult) if self.width_mult > 1.0 else 1280
-        x = nn.relu(norm(name="conv2_1")(conv(last_channels, (1, 1), name="conv2_0")(x)))
+        x = nn.relu(norm(name="conv2_1")(conv(last_channels, 1, name="conv2_0")(x)))
         # Reference: AvgPool2d(2, ceil_mode=True) on the 2x2 map; a global mean at 32x32 inputs.
         logits = layers.pooled_classifier(
             x,
@@ -149,3 +141,17 @@ class MobileNetV2(nn.Module):
             name="classifier_0",
         )
         return logits, feats
+
+    @nn.nowrap
+    def bn_before_relu(self, variables) -> list[dict[str, jnp.ndarray]]:
+        """Per stage, the projection BatchNorm (`conv_7`) of the stage's last block.
+
+        As mdistiller's `get_bn_before_relu`, although no ReLU follows it: the stage output
+        is that BatchNorm's output, plus the identity shortcut when the block has one.
+        """
+        return [
+            layers.batch_norm_variables(
+                variables, (f"blocks_{group}_{self.setting[group][2] - 1}", "conv_7")
+            )
+            for group in FEATURE_GROUPS
+        ]

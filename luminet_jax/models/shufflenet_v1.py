@@ -6,6 +6,12 @@ average pooling and a linear head. The first block of a stage has stride 2 and c
 its output with a 3x3/2 average-pooled shortcut; the others add an identity shortcut.
 Submodules carry the PyTorch names (`layer1_0/conv1` <-> `layer1.0.conv1`) so that the
 generic key rule of `torch_convert` maps every leaf.
+
+feats: "stem", "stage1".."stage3", "stage{i}_preact" (mdistiller's `preact_feats[i]`: the
+stage's last unit before its final ReLU, `bn3(conv3(.))` plus the shortcut, or their
+concatenation for a stride-2 unit) and "pooled". `bn_before_relu` gives each stage's last
+`bn3` (the last unit of a stage adds an identity shortcut whenever the stage has more than
+one unit, as all of mdistiller's do).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ ModuleDef = Callable[..., nn.Module]
 STEM_PLANES = 24
 
 # mdistiller keeps PyTorch's default Conv2d init, U(+-1/sqrt(fan_in)) like nn.Linear's.
-TORCH_DEFAULT_KERNEL_INIT = layers.LINEAR_INIT
+TORCH_DEFAULT_KERNEL_INIT = layers.TORCH_DEFAULT_CONV_INIT
 
 
 def channel_shuffle(x: jnp.ndarray, groups: int) -> jnp.ndarray:
@@ -46,8 +52,10 @@ class Bottleneck(nn.Module):
       stride: 1 (identity shortcut, add) or 2 (avg-pool shortcut, concat).
       groups: groups of the 1x1 convs.
       conv1_groups: groups of the first 1x1 conv (mdistiller uses 1 right after the stem).
-      conv: a partial of `nn.Conv`.
+      conv: a partial of `layers.conv` (dtypes and kernel init bound).
       norm: a partial of `nn.BatchNorm`.
+
+    Returns (output, pre-activation): the final ReLU's output and its input.
     """
 
     out_planes: int
@@ -58,29 +66,24 @@ class Bottleneck(nn.Module):
     norm: ModuleDef
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         mid_planes = int(self.out_planes / 4)
-        out = self.conv(mid_planes, (1, 1), feature_group_count=self.conv1_groups, name="conv1")(x)
+        out = self.conv(mid_planes, 1, groups=self.conv1_groups, name="conv1")(x)
         out = nn.relu(self.norm(name="bn1")(out))
         out = channel_shuffle(out, self.conv1_groups)
-        out = self.conv(
-            mid_planes,
-            (3, 3),
-            strides=(self.stride, self.stride),
-            padding=((1, 1), (1, 1)),
-            feature_group_count=mid_planes,
-            name="conv2",
-        )(out)
+        out = self.conv(mid_planes, 3, self.stride, groups=mid_planes, name="conv2")(out)
         out = nn.relu(self.norm(name="bn2")(out))
-        out = self.conv(self.out_planes, (1, 1), feature_group_count=self.groups, name="conv3")(out)
+        out = self.conv(self.out_planes, 1, groups=self.groups, name="conv3")(out)
         out = self.norm(name="bn3")(out)
         if self.stride == 2:
             # PyTorch AvgPool2d(3, 2, padding=1) counts the zero padding (count_include_pad).
             shortcut = nn.avg_pool(
                 x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=True
             )
-            return nn.relu(jnp.concatenate([out, shortcut], axis=-1))
-        return nn.relu(out + x)
+            preact = jnp.concatenate([out, shortcut], axis=-1)
+        else:
+            preact = out + x
+        return nn.relu(preact), preact
 
 
 class ShuffleNetV1(nn.Module):
@@ -110,8 +113,7 @@ class ShuffleNetV1(nn.Module):
         dtype = layers.compute_dtype(self.dtype, x)
         x = x.astype(dtype)
         conv = functools.partial(
-            nn.Conv,
-            use_bias=False,
+            layers.conv,
             dtype=dtype,
             param_dtype=self.param_dtype,
             kernel_init=TORCH_DEFAULT_KERNEL_INIT,
@@ -120,7 +122,7 @@ class ShuffleNetV1(nn.Module):
             train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
         )
         feats = {}
-        x = conv(STEM_PLANES, (1, 1), name="conv1")(x)
+        x = conv(STEM_PLANES, 1, name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
         feats["stem"] = x
         in_planes = STEM_PLANES
@@ -128,7 +130,7 @@ class ShuffleNetV1(nn.Module):
             for index in range(blocks):
                 stride = 2 if index == 0 else 1
                 concat_planes = in_planes if index == 0 else 0
-                x = Bottleneck(
+                x, preact = Bottleneck(
                     out_planes=planes - concat_planes,
                     stride=stride,
                     groups=self.groups,
@@ -140,8 +142,29 @@ class ShuffleNetV1(nn.Module):
                 )(x)
                 in_planes = planes
             feats[f"stage{stage + 1}"] = x
+            feats[f"stage{stage + 1}_preact"] = preact
         # Reference: F.avg_pool2d(out, 4); the same as a global mean at 32x32 inputs.
         logits = layers.pooled_classifier(
             x, feats, self.num_classes, dtype=dtype, param_dtype=self.param_dtype, name="linear"
         )
         return logits, feats
+
+    @nn.nowrap
+    def bn_before_relu(self, variables) -> list[dict[str, jnp.ndarray]]:
+        """Per stage, the BatchNorm feeding its final ReLU: the last unit's `bn3`.
+
+        Reference: mdistiller's ShuffleV1 raises NotImplementedError here.
+
+        Raises:
+          ValueError: for a one-unit stage, whose pre-activation concatenates `bn3` with a
+            pooled shortcut that no BatchNorm produces.
+        """
+        if min(self.num_blocks) < 2:
+            raise ValueError(
+                f"ShuffleNetV1 with num_blocks={tuple(self.num_blocks)}: a one-unit stage "
+                "ends in a concatenation, not a BatchNorm, before its ReLU"
+            )
+        return [
+            layers.batch_norm_variables(variables, (f"layer{stage}_{blocks - 1}", "bn3"))
+            for stage, blocks in enumerate(self.num_blocks, start=1)
+        ]

@@ -6,6 +6,13 @@ out_channels (116, 232, 464) made of one stride-2 `DownBlock` (`layerK_0`) follo
 (3, 7, 3) `BasicBlock`s (`layerK_1`..), a 1x1 conv to 1024 channels, global average
 pooling and a linear head. Every block ends with a 2-group channel shuffle. Submodules carry
 the PyTorch names so that the generic key rule of `torch_convert` maps every leaf.
+
+feats: "stem", "stage1".."stage3", "stage{i}_preact" and "pooled". As mdistiller's
+`preact_feats[i]`, stage{i}_preact is the stage's last unit's `cat([x1, bn3(conv3(.))])`
+BEFORE the channel shuffle (so its channels are in another order than stage{i}'s), x1 being
+the half passed through. `bn_before_relu` gives, channel by channel, the BatchNorm whose
+output (through a ReLU) is that channel: `bn3` for the second half, and for x1 the
+BatchNorm of the earlier unit of the stage the channel was passed on from (see there).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from luminet_jax.models import layers, shufflenet_v1
 
@@ -30,8 +38,11 @@ class BasicBlock(nn.Module):
 
     Attributes:
       split_ratio: fraction of the channels passed through unchanged.
-      conv: a partial of `nn.Conv`.
+      conv: a partial of `layers.conv` (dtypes and kernel init bound).
       norm: a partial of `nn.BatchNorm`.
+
+    Returns (output, pre-activation): the shuffled output and `cat([x1, bn3(.)])` before
+    the ReLU and the shuffle (mdistiller's `preact`).
     """
 
     conv: ModuleDef
@@ -39,17 +50,15 @@ class BasicBlock(nn.Module):
     split_ratio: float = 0.5
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         split = int(x.shape[-1] * self.split_ratio)
         kept, out = x[..., :split], x[..., split:]
-        out = nn.relu(self.norm(name="bn1")(self.conv(split, (1, 1), name="conv1")(out)))
-        out = self.conv(
-            split, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=split, name="conv2"
-        )(out)
-        out = self.norm(name="bn2")(out)
-        out = nn.relu(self.norm(name="bn3")(self.conv(split, (1, 1), name="conv3")(out)))
-        out = jnp.concatenate([kept, out], axis=-1)
-        return shufflenet_v1.channel_shuffle(out, SHUFFLE_GROUPS)
+        out = nn.relu(self.norm(name="bn1")(self.conv(split, 1, name="conv1")(out)))
+        out = self.norm(name="bn2")(self.conv(split, 3, groups=split, name="conv2")(out))
+        pre = self.norm(name="bn3")(self.conv(split, 1, name="conv3")(out))
+        out = jnp.concatenate([kept, nn.relu(pre)], axis=-1)
+        preact = jnp.concatenate([kept, pre], axis=-1)
+        return shufflenet_v1.channel_shuffle(out, SHUFFLE_GROUPS), preact
 
 
 class DownBlock(nn.Module):
@@ -57,7 +66,7 @@ class DownBlock(nn.Module):
 
     Attributes:
       out_channels: channels after the concatenation.
-      conv: a partial of `nn.Conv`.
+      conv: a partial of `layers.conv` (dtypes and kernel init bound).
       norm: a partial of `nn.BatchNorm`.
     """
 
@@ -69,18 +78,16 @@ class DownBlock(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         in_channels = x.shape[-1]
         mid_channels = self.out_channels // 2
-        depthwise = functools.partial(self.conv, strides=(2, 2), padding=((1, 1), (1, 1)))
         # Left branch: depthwise 3x3/2, then 1x1.
         left = self.norm(name="bn1")(
-            depthwise(in_channels, (3, 3), feature_group_count=in_channels, name="conv1")(x)
+            self.conv(in_channels, 3, 2, groups=in_channels, name="conv1")(x)
         )
-        left = nn.relu(self.norm(name="bn2")(self.conv(mid_channels, (1, 1), name="conv2")(left)))
+        left = nn.relu(self.norm(name="bn2")(self.conv(mid_channels, 1, name="conv2")(left)))
         # Right branch: 1x1, depthwise 3x3/2, 1x1.
-        right = nn.relu(self.norm(name="bn3")(self.conv(mid_channels, (1, 1), name="conv3")(x)))
-        right = self.norm(name="bn4")(
-            depthwise(mid_channels, (3, 3), feature_group_count=mid_channels, name="conv4")(right)
-        )
-        right = nn.relu(self.norm(name="bn5")(self.conv(mid_channels, (1, 1), name="conv5")(right)))
+        right = nn.relu(self.norm(name="bn3")(self.conv(mid_channels, 1, name="conv3")(x)))
+        right = self.conv(mid_channels, 3, 2, groups=mid_channels, name="conv4")(right)
+        right = self.norm(name="bn4")(right)
+        right = nn.relu(self.norm(name="bn5")(self.conv(mid_channels, 1, name="conv5")(right)))
         out = jnp.concatenate([left, right], axis=-1)
         return shufflenet_v1.channel_shuffle(out, SHUFFLE_GROUPS)
 
@@ -110,26 +117,68 @@ class ShuffleNetV2(nn.Module):
         dtype = layers.compute_dtype(self.dtype, x)
         x = x.astype(dtype)
         conv = functools.partial(
-            nn.Conv,
-            use_bias=False,
+            layers.conv,
             dtype=dtype,
             param_dtype=self.param_dtype,
-            kernel_init=shufflenet_v1.TORCH_DEFAULT_KERNEL_INIT,
+            kernel_init=layers.TORCH_DEFAULT_CONV_INIT,
         )
         norm = layers.batch_norm(
             train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
         )
         feats = {}
-        x = nn.relu(norm(name="bn1")(conv(STEM_CHANNELS, (1, 1), name="conv1")(x)))
+        x = nn.relu(norm(name="bn1")(conv(STEM_CHANNELS, 1, name="conv1")(x)))
         feats["stem"] = x
         for stage, (channels, blocks) in enumerate(zip(self.out_channels, self.num_blocks)):
             x = DownBlock(channels, conv=conv, norm=norm, name=f"layer{stage + 1}_0")(x)
             for index in range(1, blocks + 1):
-                x = BasicBlock(conv=conv, norm=norm, name=f"layer{stage + 1}_{index}")(x)
+                x, preact = BasicBlock(conv=conv, norm=norm, name=f"layer{stage + 1}_{index}")(x)
             feats[f"stage{stage + 1}"] = x
-        x = nn.relu(norm(name="bn2")(conv(self.out_channels[-1], (1, 1), name="conv2")(x)))
+            feats[f"stage{stage + 1}_preact"] = preact
+        x = nn.relu(norm(name="bn2")(conv(self.out_channels[-1], 1, name="conv2")(x)))
         # Reference: F.avg_pool2d(out, 4); the same as a global mean at 32x32 inputs.
         logits = layers.pooled_classifier(
             x, feats, self.num_classes, dtype=dtype, param_dtype=self.param_dtype, name="linear"
         )
         return logits, feats
+
+    @nn.nowrap
+    def bn_before_relu(self, variables) -> list[dict[str, jnp.ndarray]]:
+        """Per stage, channel by channel, the BatchNorm whose output feeds the ReLU before it.
+
+        stage{i}_preact = cat([x1, bn3(.)]) of the stage's last unit: its second half is
+        that unit's `bn3`. Its first half x1 was passed through from earlier units, where
+        each channel was the ReLU of a BatchNorm (`bn2`/`bn5` of the stage's DownBlock or
+        `bn3` of a BasicBlock); those channels get that BatchNorm's entries, traced through
+        the channel shuffles. (x1 is therefore already non-negative in stage{i}_preact.)
+
+        Reference: mdistiller's ShuffleV2 raises NotImplementedError here.
+        """
+        result = []
+        for stage, (channels, blocks) in enumerate(zip(self.out_channels, self.num_blocks), 1):
+            half = channels // 2
+            # Source of each channel: (BatchNorm path, channel index in that BatchNorm).
+            down = f"layer{stage}_0"
+            sources = [((down, "bn2"), c) for c in range(half)]
+            sources += [((down, "bn5"), c) for c in range(half)]
+            sources = _shuffled(sources)
+            for index in range(1, blocks + 1):
+                last = f"layer{stage}_{index}"
+                preact = sources[:half] + [((last, "bn3"), c) for c in range(half)]
+                sources = _shuffled(preact)
+            paths = list(dict.fromkeys(path for path, _ in preact))
+            offsets = dict(zip(paths, np.cumsum([0] + [half] * len(paths))))
+            take = np.array([offsets[path] + c for path, c in preact])
+            bns = [layers.batch_norm_variables(variables, path) for path in paths]
+            result.append(
+                {
+                    key: jnp.concatenate([bn[key] for bn in bns])[take]
+                    for key in ("scale", "bias", "mean", "var")
+                }
+            )
+        return result
+
+
+def _shuffled(items: list) -> list:
+    """`channel_shuffle` with SHUFFLE_GROUPS applied to a list of per-channel items."""
+    order = np.arange(len(items)).reshape(SHUFFLE_GROUPS, -1).T.reshape(-1)
+    return [items[i] for i in order]

@@ -5,6 +5,10 @@ block (mdistiller keeps the pre-activation as a feature), 2x2 max-pools after bl
 pool3 only for 64x64 inputs (skipped at 32x32), then global average pooling and one linear
 classifier. PyTorch's `blockK` Sequential indexes conv, BN, ReLU as 0, 1, 2, 3, 4, ...
 so the j-th conv of block K is `blockK_{3j}` and its BatchNorm `blockK_{3j+1}`.
+
+feats: "stem" (block 0 after its ReLU), "stage1".."stage4" (blocks 1-4 after their ReLU),
+"stage{i}_preact" (mdistiller's `preact_feats[i]`: block i's last BatchNorm output, before
+the ReLU) and "pooled". `bn_before_relu` gives each of blocks 1-4's last BatchNorm.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class VGG(nn.Module):
                     name=f"block{b}_{3 * j}",
                 )(x)
                 x = norm(name=f"block{b}_{3 * j + 1}")(x)
+            if b > 0:
+                feats[f"stage{b}_preact"] = x
             x = nn.relu(x)
             feats["stem" if b == 0 else f"stage{b}"] = x
             if b < 3:
@@ -85,6 +91,15 @@ class VGG(nn.Module):
             name="classifier",
         )
         return logits, feats
+
+    @nn.nowrap
+    def bn_before_relu(self, variables) -> list[dict[str, jax.Array]]:
+        """Per stage (blocks 1-4), the block's last BatchNorm, which feeds its ReLU."""
+        return [
+            layers.batch_norm_variables(variables, (f"block{b}_{3 * (len(widths) - 1) + 1}",))
+            for b, widths in enumerate(self.cfg)
+            if b > 0
+        ]
 
 
 VGG8 = functools.partial(VGG, cfg=CFGS["vgg8"])
