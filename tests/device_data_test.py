@@ -112,9 +112,11 @@ def test_each_epoch_visits_every_example_once(mesh):
     )
     epochs = []
     for epoch in range(2):
-        seen = [np.asarray(data.batch(epoch * 4 + i)["label"]) for i in range(4)]
-        epochs.append(np.concatenate(seen))
+        batches = [jax.device_get(data.batch(epoch * 4 + i)) for i in range(4)]
+        epochs.append(np.concatenate([b["label"] for b in batches]))
         np.testing.assert_array_equal(np.sort(epochs[-1]), np.arange(N))
+        # "index" is each example's position in the split (here equal to its id label).
+        np.testing.assert_array_equal(np.concatenate([b["index"] for b in batches]), epochs[-1])
     assert not np.array_equal(epochs[0], epochs[1])  # reshuffled per epoch
     # Images travel with their labels and are normalized with (x / 255 - mean) / std.
     batch = data.batch(2)

@@ -124,6 +124,11 @@ def test_each_epoch_visits_every_example_once(folder):
     for ids in epochs:
         np.testing.assert_array_equal(np.sort(ids), np.arange(NUM_TRAIN))
     assert not np.array_equal(epochs[0], epochs[1])
+    # "index" numbers the examples 0..N-1 and always names the same example.
+    index = np.concatenate([b["index"] for b in batches])
+    ids = np.concatenate(epochs)
+    np.testing.assert_array_equal(np.sort(index[:NUM_TRAIN]), np.arange(NUM_TRAIN))
+    assert len(set(zip(index.tolist(), ids.tolist()))) == NUM_TRAIN
     labels = np.concatenate([b["label"] for b in batches[:5]])
     np.testing.assert_array_equal(labels, epochs[0] // TRAIN_PER_CLASS)  # sorted class folders
 

@@ -103,7 +103,11 @@ def _batch_fn(
         batch_images = random_crop_flip(batch_images, aug_key)
     pixels = batch_images.astype(jnp.float32) / 255.0
     normalized = (pixels - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-    batch = {"image": normalized, "label": jnp.take(labels, index, axis=0).astype(jnp.int32)}
+    batch = {
+        "image": normalized,
+        "label": jnp.take(labels, index, axis=0).astype(jnp.int32),
+        "index": index.astype(jnp.int32),  # the examples' positions in the split (CRD)
+    }
     return jax.lax.with_sharding_constraint(batch, sharding)
 
 
@@ -184,7 +188,8 @@ class DeviceData:
         )
 
     def batch(self, step: int) -> dict[str, jax.Array]:
-        """The batch of a global step: {"image": float32 (B, H, W, C), "label": int32 (B,)}.
+        """The batch of a global step: {"image": float32 (B, H, W, C), "label": int32 (B,),
+        "index": int32 (B,) (each example's position in the split)}.
 
         The epoch's permutation is computed once, at the first step of an epoch asked for, and
         kept on the devices; the rest of the work is one jitted call with no host round trip.

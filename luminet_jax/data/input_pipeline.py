@@ -144,7 +144,9 @@ def make_train_iter(
       shuffle_buffer: default the whole split when it is cached, else STREAM_SHUFFLE_BUFFER.
 
     Returns:
-      Iterator of {"image": float32 (B, S, S, 3) normalized, "label": int32 (B,)}.
+      Iterator of {"image": float32 (B, S, S, 3) normalized, "label": int32 (B,),
+      "index": int32 (B,)}: `index` numbers the training examples 0..N-1 over all processes
+      (position in the process's share * process count + process index).
     """
     source = sources.get_source(name, data_dir)
     mode = augment or source.default_augment
@@ -160,8 +162,13 @@ def make_train_iter(
         raise ValueError(f"{name}: {n_local} examples per process < local batch {local_batch}")
     buffer = shuffle_buffer or (n_local if cached else min(n_local, STREAM_SHUFFLE_BUFFER))
     start_epoch, skip_batches = divmod(int(start_step), steps_per_epoch)
-    process = jax.process_index()
+    process, count = jax.process_index(), jax.process_count()
     seed = int(seed)
+    # Each example's index in the whole split, unique over processes (CRD's memories):
+    # position within this process's share times the process count, plus the process.
+    base = base.enumerate().map(
+        lambda j, ex: {**ex, "index": tf.cast(j * count + process, tf.int32)}
+    )
 
     def epoch_examples(epoch):
         shuffle_seed = (seed * 1_000_003 + process) * 65_537 + epoch
@@ -175,7 +182,7 @@ def make_train_iter(
         example_seed = tf.stack([tf.constant(seed, tf.int64) * 4096 + process, position])
         image = _decode(ex["image"]) if encoded else ex["image"]
         image = _preprocess(image, example_seed, source=source, mode=mode, size=size)
-        return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32), "index": ex["index"]}
 
     ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_examples)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
