@@ -42,37 +42,36 @@ SPLITS = ("train", "val")
 JPEG_QUALITY = 90
 
 
-def _opener(source: pathlib.Path) -> tuple[list[str], Callable[[list[str]], dict[str, bytes]]]:
-    """(member names relative to tiny-imagenet-200/, reader of {name: bytes} for a list)."""
+def _opener(source) -> Callable[[Callable[[str], bool]], dict[str, bytes]]:
+    """A reader: `read(wanted)` -> {name: bytes} of the files whose name (relative to
+    tiny-imagenet-200/) satisfies `wanted`, in one pass over an archive."""
     source = pathlib.Path(source).expanduser()
     if source.is_dir():
         root = source / FOLDER if (source / FOLDER / "wnids.txt").exists() else source
         if not (root / "wnids.txt").exists():
             raise FileNotFoundError(f"{source}: no wnids.txt (expected a {FOLDER}/ folder)")
-        names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-        return names, lambda wanted: {n: (root / n).read_bytes() for n in wanted}
+
+        def read_dir(wanted):
+            paths = (p for p in root.rglob("*") if p.is_file())
+            return {n: p.read_bytes() for p in paths if wanted(n := p.relative_to(root).as_posix())}
+
+        return read_dir
     if zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as zf:
-            full = {_strip(n): n for n in zf.namelist() if not n.endswith("/")}
 
         def read_zip(wanted):
             with zipfile.ZipFile(source) as zf:
-                return {n: zf.read(full[n]) for n in wanted}
+                names = [n for n in zf.namelist() if not n.endswith("/")]
+                return {_strip(n): zf.read(n) for n in names if wanted(_strip(n))}
 
-        return list(full), read_zip
+        return read_zip
     if tarfile.is_tarfile(source):
-        with tarfile.open(source) as tar:
-            names = [_strip(m.name) for m in tar if m.isfile()]
 
         def read_tar(wanted):
-            wanted, found = set(wanted), {}
             with tarfile.open(source) as tar:
-                for member in tar:
-                    if member.isfile() and _strip(member.name) in wanted:
-                        found[_strip(member.name)] = tar.extractfile(member).read()
-            return found
+                return {_strip(m.name): tar.extractfile(m).read() for m in tar
+                        if m.isfile() and wanted(_strip(m.name))}  # fmt: skip
 
-        return names, read_tar
+        return read_tar
     raise FileNotFoundError(
         f"{source}: not a {FOLDER}/ folder, .zip or .tar(.gz); get Tiny-ImageNet from "
         "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -95,9 +94,8 @@ def read_annotations(source) -> tuple[list[str], dict[str, list[tuple[str, int, 
       (wnids in wnids.txt order, {split: [(image path, class index, (x0, y0, x1, y1)
       inclusive pixel box)] sorted by path}) for splits "train" and "val".
     """
-    names, read = _opener(source)
-    texts = [n for n in names if n == "wnids.txt" or n.endswith(("_boxes.txt", "_annotations.txt"))]
-    files = {n: b.decode() for n, b in read(texts).items()}
+    text = lambda n: n == "wnids.txt" or n.endswith(("_boxes.txt", "_annotations.txt"))
+    files = {n: b.decode() for n, b in _opener(source)(text).items()}
     wnids = files["wnids.txt"].split()
     index = {w: i for i, w in enumerate(wnids)}
     items = {"train": [], "val": []}
@@ -135,15 +133,15 @@ def build(source, out, *, num_train: int, num_val: int, seed: int = 0, quality=J
     """Writes the tiled COCO-format set to `out` (see the module docstring); returns counts."""
     out = pathlib.Path(out)
     wnids, items = read_annotations(source)
-    names, read = _opener(source)
-    del names
+    plan = {"train": num_train, "val": num_val}
+    groups = {s: tile_groups(len(items[s]), n, seed, s) for s, n in plan.items()}
+    wanted = {items[s][i][0] for s in plan for i in groups[s].reshape(-1)}
+    pixels = _opener(source)(wanted.__contains__)  # One more pass over an archive.
     counts = {}
-    for split, num_tiles in (("train", num_train), ("val", num_val)):
-        groups = tile_groups(len(items[split]), num_tiles, seed, split)
-        pixels = read([items[split][i][0] for i in groups.reshape(-1)])
+    for split in plan:
         (out / split).mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
-        for tile_index, group in enumerate(groups):
+        for tile_index, group in enumerate(groups[split]):
             image_id = tile_index + 1
             canvas = np.zeros((SIZE, SIZE, 3), np.uint8)
             tiles = []

@@ -1,0 +1,320 @@
+"""Detection data (luminet_jax.detection.sources / data / tiny_boxes) and the shipped sample."""
+
+import io
+import json
+import logging
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from luminet_jax.detection import coco, data, sources, tiny_boxes
+
+MINI = "tiny-imagenet-200-mini.tar.gz"
+TRAIN = dict(
+    global_batch=8,
+    seed=3,
+    pad_size=(160, 160),
+    max_gt=6,
+    short_sides=(96, 128, 144),
+    max_size=160,
+    process_index=0,
+    process_count=1,
+)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return data.get_source("tiny_boxes_sample")
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def test_sample_layout(sample):
+    assert sample.num_classes == 200
+    assert sample.category_ids == tuple(range(1, 201))
+    for name, count in (("train", 64), ("val", 32)):
+        split = sample.split(name)
+        assert split.size == count == len(split.gt()["images"])
+        assert all(len(r.boxes) == 4 for r in split.records)
+        record, image = split.example(0)
+        assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+
+
+def test_sample_boxes_are_source_boxes_shifted_by_tile_offset(sample, shared_data):
+    # Independent reading of the raw Tiny-ImageNet files (boxes and pixels).
+    with tarfile.open(shared_data / MINI) as tar:
+        files = {
+            m.name.split("/", 1)[1]: tar.extractfile(m).read()
+            for m in tar
+            if m.isfile() and m.name.endswith((".txt", ".JPEG"))
+        }
+    raw = {}
+    for name, text in files.items():
+        if name.endswith("_boxes.txt"):
+            for line in text.decode().splitlines():
+                file, *box = line.split("\t")
+                raw[f"train/{name.split('/')[1]}/images/{file}"] = list(map(int, box))
+    for line in files["val/val_annotations.txt"].decode().splitlines():
+        file, _, *box = line.split("\t")
+        raw[f"val/images/{file}"] = list(map(int, box))
+    wnids = files["wnids.txt"].decode().split()
+    for name in ("train", "val"):
+        split = sample.split(name)
+        images = {img["id"]: img for img in split.gt()["images"]}
+        for index, record in enumerate(split.records):
+            tiles = images[record.image_id]["tiles"]
+            expected = []
+            _, pixels = split.example(index)
+            for k, tile in enumerate(tiles):
+                ox, oy = 64 * (k % 2), 64 * (k // 2)
+                assert tile["offset"] == [ox, oy]
+                x0, y0, x1, y1 = raw[tile["file"]]
+                expected.append([x0 + ox, y0 + oy, x1 + 1 + ox, y1 + 1 + oy])
+                label = record.classes[k]
+                if name == "train":
+                    assert wnids[label] == tile["file"].split("/")[1]
+                source = np.asarray(Image.open(io.BytesIO(files[tile["file"]])).convert("RGB"))
+                diff = np.abs(pixels[oy : oy + 64, ox : ox + 64].astype(int) - source).mean()
+                assert diff < 6.0, (tile["file"], diff)  # JPEG q85 re-encoding; measured < 3.
+            np.testing.assert_array_equal(record.boxes, np.array(expected, np.float32))
+
+
+def test_tiny_boxes_cli_and_seeded_tiling(tmp_path, shared_data):
+    tiny_boxes.main(
+        [
+            "--source",
+            str(shared_data / MINI),
+            "--out",
+            str(tmp_path),
+            "--train",
+            "3",
+            "--val",
+            "2",
+            "--seed",
+            "0",
+            "--quality",
+            "85",
+        ]
+    )
+    built = json.loads((tmp_path / "annotations" / "instances_val.json").read_text())
+    shipped = data.get_source("tiny_boxes_sample").split("val").gt()
+    assert built["images"] == shipped["images"][:2]  # Same seed: the sample's first tiles.
+    assert built["annotations"] == shipped["annotations"][:8]
+    groups = tiny_boxes.tile_groups(400, 100, 5, "train")
+    assert len(np.unique(groups)) == 400
+    np.testing.assert_array_equal(groups, tiny_boxes.tile_groups(400, 100, 5, "train"))
+    assert not np.array_equal(groups, tiny_boxes.tile_groups(400, 100, 6, "train"))
+
+
+def _synthetic_dataset(tmp_path):
+    """Two images with category ids 9, 2, 5 (contiguous: 2->0, 5->1, 9->2) and a crowd box."""
+    (tmp_path / "annotations").mkdir()
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        for i, (h, w) in enumerate([(60, 80), (90, 45)], start=1):
+            Image.new("RGB", (w, h), (i * 40, 0, 0)).save(tmp_path / split / f"{i}.png")
+        anns = [
+            {"id": 1, "image_id": 1, "category_id": 9, "bbox": [10, 5, 20, 30], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [40, 10, 30, 40], "iscrowd": 1},
+            {"id": 3, "image_id": 1, "category_id": 5, "bbox": [70, 50, 20, 20], "iscrowd": 0},
+            {"id": 4, "image_id": 2, "category_id": 2, "bbox": [0, 0, 45, 90], "iscrowd": 0},
+        ]  # Box 3 reaches past the image (clipped to x 70..80, y 50..60).
+        gt = {
+            "images": [
+                {"id": 1, "file_name": "1.png", "height": 60, "width": 80},
+                {"id": 2, "file_name": "2.png", "height": 90, "width": 45},
+            ],
+            "annotations": anns,
+            "categories": [{"id": c, "name": f"c{c}"} for c in (9, 2, 5)],
+        }
+        (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps(gt))
+    return data.get_source(f"coco_dir:{tmp_path}")
+
+
+def test_coco_dir_categories_crowd_and_padding(tmp_path, caplog):
+    source = _synthetic_dataset(tmp_path)
+    assert source.category_ids == (2, 5, 9) and source.class_names == ("c2", "c5", "c9")
+    split = source.split("val")
+    record = split.records[0]
+    np.testing.assert_array_equal(record.classes, [2, 1])  # The crowd box is gone.
+    np.testing.assert_array_equal(record.boxes, [[10, 5, 30, 35], [70, 50, 80, 60]])
+    assert len(split.gt()["annotations"]) == 4  # COCOeval gets (and ignores) the crowd box.
+    (batch,) = data.make_eval_iter(
+        split,
+        global_batch=4,
+        pad_size=(96, 96),
+        max_gt=3,
+        short_side=60,
+        max_size=96,
+        process_index=0,
+        process_count=1,
+    )
+    np.testing.assert_array_equal(batch["gt_mask"], [[1, 1, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(batch["boxes"][~batch["gt_mask"]], 0.0)
+    np.testing.assert_array_equal(batch["mask"], [1, 1, 0, 0])
+    np.testing.assert_array_equal(batch["image_id"], [1, 2, -1, -1])
+    # Image 2 (90x45): short side 60 would make it 120 high > max 96, so 96 / 90.
+    np.testing.assert_array_equal(batch["image_size"], [[60, 80], [96, 48], [0, 0], [0, 0]])
+    np.testing.assert_allclose(batch["scale"], [1, 96 / 90, 1, 1], rtol=1e-6)
+    np.testing.assert_array_equal(batch["image"][0, 60:], 0.0)  # Padding rows and columns.
+    np.testing.assert_array_equal(batch["image"][0, :, 80:], 0.0)
+    np.testing.assert_array_equal(batch["image"][1, :, 48:], 0.0)
+    red = (40 - data.PIXEL_MEAN[0]) / data.PIXEL_STD[0]
+    np.testing.assert_allclose(batch["image"][0, :60, :80, 0], red, rtol=1e-6)
+    with caplog.at_level(logging.WARNING):
+        (batch,) = data.make_eval_iter(
+            split,
+            global_batch=2,
+            pad_size=(96, 96),
+            max_gt=1,
+            short_side=60,
+            max_size=96,
+            process_index=0,
+            process_count=1,
+        )
+    assert "beyond max_gt" in caplog.text
+    np.testing.assert_array_equal(batch["gt_mask"], [[1], [1]])
+
+
+def _square_record(box):
+    return sources.Record(7, "x", 40, 64, np.array([box], np.float32), np.array([0], np.int32))
+
+
+def test_flip_moves_the_box_with_its_pixels():
+    box = [8.0, 4.0, 24.0, 30.0]
+    image = np.zeros((40, 64, 3), np.uint8)
+    image[4:30, 8:24] = 255
+    for short_side in (40, 80):  # Scale 1 (exact pixels) and 2 (bilinear edges).
+        ex, _ = data.transform(
+            _square_record(box),
+            image,
+            short_side=short_side,
+            max_size=200,
+            flip=True,
+            pad_size=(96, 160),
+            max_gt=2,
+            mean=(0, 0, 0),
+            std=(255, 255, 255),
+        )
+        x1, y1, x2, y2 = ex["boxes"][0]
+        s = short_side / 40
+        np.testing.assert_allclose(
+            [x1, y1, x2, y2], [64 * s - 24 * s, 4 * s, 64 * s - 8 * s, 30 * s]
+        )
+        inside = ex["image"][int(y1) + 1 : int(y2) - 1, int(x1) + 1 : int(x2) - 1]
+        np.testing.assert_allclose(inside, 1.0)
+        outside = ex["image"].copy()
+        outside[int(y1) - 1 : int(y2) + 1, int(x1) - 1 : int(x2) + 1] = 0
+        np.testing.assert_allclose(outside, 0.0, atol=1e-7)
+
+
+def test_scale_maps_boxes_back_to_original_pixels(sample):
+    split = sample.split("train")
+    it = data.make_train_iter(split, **TRAIN)
+    by_id = {r.image_id: r for r in split.records}
+    sizes = set()
+    for batch in _take(it, 3):
+        for i, image_id in enumerate(batch["image_id"]):
+            record = by_id[int(image_id)]
+            boxes = batch["boxes"][i][batch["gt_mask"][i]] / batch["scale"][i]
+            flipped = boxes.copy()
+            flipped[:, [0, 2]] = 128 - boxes[:, [2, 0]]
+            err = min(np.abs(boxes - record.boxes).max(), np.abs(flipped - record.boxes).max())
+            assert err < 1e-4
+            assert tuple(batch["image_size"][i]) == (round(128 * batch["scale"][i]),) * 2
+            sizes.add(int(batch["image_size"][i, 0]))
+    assert sizes <= {96, 128, 144} and len(sizes) > 1
+
+
+def test_eval_gt_as_detections_gives_ap_one(sample):
+    split = sample.split("val")
+    records = []
+    for batch in data.make_eval_iter(
+        split,
+        global_batch=24,
+        pad_size=(224, 224),
+        max_gt=4,
+        short_side=200,
+        max_size=224,
+        process_index=0,
+        process_count=1,
+    ):
+        scores = np.where(batch["gt_mask"], 0.9, 0.0)
+        records += coco.batch_detections(
+            batch, batch["boxes"], scores, batch["classes"], batch["gt_mask"]
+        )
+    assert sorted(r["image_id"] for r in records) == list(range(1, 33))
+    metrics = coco.evaluate_coco(split.gt(), records)
+    assert metrics["AP"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_resume_gives_the_same_batches(sample):
+    split = sample.split("train")  # 64 images, local batch 8: 8 steps per epoch.
+    assert data.train_steps_per_epoch(split, global_batch=8) == 8
+    full = _take(data.make_train_iter(split, **TRAIN), 11)
+    resumed = _take(data.make_train_iter(split, **TRAIN, start_step=6), 5)  # Crosses epoch 1.
+    for a, b in zip(full[6:], resumed):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    epoch0 = np.concatenate([b["image_id"] for b in full[:8]])
+    assert sorted(epoch0) == list(range(1, 65))  # Each image once per epoch.
+    epoch1 = np.concatenate([b["image_id"] for b in full[8:]])
+    assert not np.array_equal(epoch0[: len(epoch1)], epoch1)  # Reshuffled every epoch.
+
+
+def test_processes_read_disjoint_shards(sample):
+    train, val = sample.split("train"), sample.split("val")
+    kw = {k: v for k, v in TRAIN.items() if k not in ("process_index", "process_count")}
+    ids = []
+    for p in (0, 1):
+        it = data.make_train_iter(train, **kw, process_index=p, process_count=2)
+        ids.append(np.concatenate([b["image_id"] for b in _take(it, 8)]))
+    assert len(ids[0]) == 32  # Local batch 4, 8 steps per epoch per process.
+    assert sorted(np.concatenate(ids)) == list(range(1, 65))
+    seen = []
+    for p in (0, 1, 2):
+        batches = list(
+            data.make_eval_iter(
+                val,
+                global_batch=6,
+                pad_size=(128, 128),
+                max_gt=4,
+                short_side=128,
+                max_size=128,
+                process_index=p,
+                process_count=3,
+            )
+        )
+        assert len(batches) == 6  # ceil(ceil(32 / 3) / 2) batches on every process.
+        seen += [int(i) for b in batches for i, m in zip(b["image_id"], b["mask"]) if m]
+    assert sorted(seen) == list(range(1, 33))
+
+
+def test_missing_data_errors_say_where(tmp_path):
+    with pytest.raises(FileNotFoundError, match="annotations/instances_<split>.json"):
+        data.get_source(f"coco_dir:{tmp_path / 'nowhere'}")
+    (tmp_path / "annotations").mkdir()
+    with pytest.raises(FileNotFoundError, match="instances_train"):
+        data.get_source(f"coco_dir:{tmp_path}")
+    with pytest.raises(FileNotFoundError) as err:
+        data.get_source("coco2017", data_dir=str(tmp_path))
+    message = str(err.value)
+    assert str(tmp_path) in message and "downloads/manual" in message
+    assert "tfds build coco/2017" in message and "annotations_trainval2017.zip" in message
+    with pytest.raises(ValueError, match="known"):
+        data.get_source("voc")
+    with pytest.raises(ValueError, match="multiples of 32"):
+        data.make_eval_iter(
+            None,
+            global_batch=2,
+            pad_size=(100, 96),
+            max_gt=1,
+            short_side=96,
+            max_size=96,
+            process_index=0,
+            process_count=1,
+        )
