@@ -135,3 +135,39 @@ def test_batch_detections_maps_to_original_pixels():
     np.testing.assert_array_equal(records[0]["boxes"], [[5, 10, 15, 20], [70, 45, 75, 50]])
     np.testing.assert_array_equal(records[1]["boxes"][0], [8, 12, 16, 20])
     np.testing.assert_array_equal(records[1]["valid"], [True, False])
+
+
+def test_evaluate_runs_a_sharded_predictor_over_eval_batches():
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from luminet_jax.detection import data
+
+    split = data.get_source("tiny_boxes_sample").split("val")
+    gt = split.gt()
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    kw = dict(global_batch=8, pad_size=(128, 128), max_gt=4, short_side=96, max_size=128,
+              process_index=0, process_count=1)  # fmt: skip
+    batches = list(data.make_eval_iter(split, **kw))
+
+    @jax.jit
+    def predict(missed, batch):  # The ground truth as detections, the last `missed` dropped.
+        return {
+            "boxes": batch["boxes"],
+            "scores": jnp.where(batch["gt_mask"], 0.9, 0.0),
+            "classes": batch["classes"],
+            "valid": jnp.sum(batch["gt_mask"], axis=1) - missed,
+        }
+
+    on_devices = [jax.device_put(b, sharding) for b in batches]
+    assert coco.evaluate(predict, 0, on_devices, gt)["AP"] == pytest.approx(1.0, abs=1e-12)
+    metrics = coco.evaluate(predict, 1, on_devices, gt)
+    records = []  # The same detections through the host path.
+    for b in batches:
+        counts = b["gt_mask"].sum(1) - 1
+        scores = np.where(b["gt_mask"], 0.9, 0.0)
+        records += coco.batch_detections(b, b["boxes"], scores, b["classes"], counts)
+    assert 0.0 < metrics["AP"] < 1.0
+    assert metrics == coco.evaluate_coco(gt, records)

@@ -157,6 +157,7 @@ def test_coco_dir_categories_crowd_and_padding(tmp_path, caplog):
     np.testing.assert_array_equal(batch["boxes"][~batch["gt_mask"]], 0.0)
     np.testing.assert_array_equal(batch["mask"], [1, 1, 0, 0])
     np.testing.assert_array_equal(batch["image_id"], [1, 2, -1, -1])
+    np.testing.assert_array_equal(batch["index"], [0, 1, -1, -1])
     # Image 2 (90x45): short side 60 would make it 120 high > max 96, so 96 / 90.
     np.testing.assert_array_equal(batch["image_size"], [[60, 80], [96, 48], [0, 0], [0, 0]])
     np.testing.assert_allclose(batch["scale"], [1, 96 / 90, 1, 1], rtol=1e-6)
@@ -262,6 +263,8 @@ def test_resume_gives_the_same_batches(sample):
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     epoch0 = np.concatenate([b["image_id"] for b in full[:8]])
     assert sorted(epoch0) == list(range(1, 65))  # Each image once per epoch.
+    index = np.concatenate([b["index"] for b in full[:8]])
+    np.testing.assert_array_equal(index + 1, epoch0)  # Sample ids are 1 + split position.
     epoch1 = np.concatenate([b["image_id"] for b in full[8:]])
     assert not np.array_equal(epoch0[: len(epoch1)], epoch1)  # Reshuffled every epoch.
 

@@ -12,19 +12,21 @@ As in COCOeval, an area range without any ground truth gives -1. When no evaluat
 detection, pycocotools' `loadRes` cannot run (it indexes the first result), and every value is 0.
 
 `batch_detections` turns the detector's padded per-batch outputs (boxes in padded-image pixels)
-into these records with the data batch's "scale", "image_size", "image_id" and "mask".
+into these records with the data batch's "scale", "image_size", "image_id" and "mask";
+`evaluate(predict, variables, batches, gt)` runs a whole eval pass (as `luminet_jax.evaluation`).
 """
 
 import contextlib
 import copy
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from absl import logging
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6], in this order.
+DETECTION_KEYS = ("boxes", "scores", "classes", "valid")  # What `evaluate`'s predict returns.
 
 
 def category_ids(gt: dict) -> list[int]:
@@ -182,3 +184,51 @@ def batch_detections(
             }
         )
     return records
+
+
+def _host(tree):
+    """Device (global) arrays -> numpy on this host; gathered over processes when several."""
+    import jax
+
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def evaluate(
+    predict: Callable[[Any, Any], dict],
+    variables: Any,
+    batches: Iterable[dict],
+    gt: dict,
+    *,
+    verbose: bool = False,
+) -> dict:
+    """Runs a detector over eval batches and scores all its detections with `evaluate_coco`.
+
+    Outputs stay on the device until the pass ends (one transfer, no per-batch sync). With
+    several processes every process gathers every batch and computes the same metrics.
+
+    Args:
+      predict: `predict(variables, batch) -> {"boxes" (B, D, 4) x1y1x2y2 padded-image pixels,
+        "scores" (B, D), "classes" (B, D), "valid" (B, D) bool or (B,) counts}` (jitted or
+        sharded; inference after score threshold and per-class NMS).
+      variables: what `predict` takes.
+      batches: eval batches of `detection.data.make_eval_iter` (numpy or global arrays) with
+        "image_id", "scale", "image_size" and "mask".
+      gt: the eval split's COCO-format ground truth (`split.gt()`).
+      verbose: log COCO's summary table.
+
+    Returns:
+      `evaluate_coco`'s {"AP", "AP50", "AP75", "APs", "APm", "APl"}.
+    """
+    keys = ("image_id", "scale", "image_size", "mask")
+    collected = []
+    for batch in batches:
+        out = predict(variables, batch)
+        collected.append(({k: batch[k] for k in keys}, {k: out[k] for k in DETECTION_KEYS}))
+    records = []
+    for meta, out in _host(collected):
+        records += batch_detections(meta, *(out[k] for k in DETECTION_KEYS))
+    return evaluate_coco(gt, records, verbose=verbose)

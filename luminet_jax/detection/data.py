@@ -5,8 +5,9 @@ Batches (`make_train_iter` / `make_eval_iter`, process-local, `global_batch // p
   `pad_size` (multiples of 32); boxes (B, G, 4) float32 x1y1x2y2 in padded-image pixels; classes
   (B, G) int32; gt_mask (B, G) bool (padding False; padded boxes and classes are 0); image_id
   (B,) int64; scale (B,) float32 (original pixels = padded-image pixels / scale); image_size
-  (B, 2) int32 valid (h, w); eval batches add mask (B,) float32 (0 for padding images, whose
-  image_id is -1).
+  (B, 2) int32 valid (h, w); index (B,) int32, the image's position in the split (unique over
+  processes, as the classification batches' "index"); eval batches add mask (B,) float32 (0 for
+  padding images, whose image_id and index are -1).
 Train: multi-scale short side (detectron2's ResizeShortestEdge, "choice") + horizontal flip;
 eval: fixed short side, no flip. Train batches are a pure function of (seed, process, step), so
 `start_step=k` resumes with exactly the batches of an uninterrupted run (as
@@ -124,6 +125,7 @@ def _padding(pad_size, max_gt) -> dict[str, np.ndarray]:
         "image_id": np.int64(-1),
         "scale": np.float32(1),
         "image_size": np.zeros((2,), np.int32),
+        "index": np.int32(-1),
         "mask": np.float32(0),
     }
 
@@ -139,6 +141,7 @@ def _batches(plan, split: Split, prepare, padding, num_workers: int):
         if item[0] < 0:
             return padding, 0
         example, dropped = prepare(*split.example(item[0]), *item[1:])
+        example["index"] = np.int32(item[0])
         return (example if padding is None else dict(example, mask=np.float32(1))), dropped
 
     def collect(futures):
