@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import tarfile
+import types
 
 import numpy as np
 import pytest
@@ -321,3 +322,60 @@ def test_missing_data_errors_say_where(tmp_path):
             process_index=0,
             process_count=1,
         )
+
+
+def test_tfds_coco_examples_become_records_and_ground_truth(monkeypatch):
+    from luminet_jax.detection import tfds_coco
+
+    assert len(tfds_coco.COCO_CATEGORY_IDS) == 80 and tfds_coco.COCO_CATEGORY_IDS[-1] == 90
+    jpeg = io.BytesIO()
+    Image.new("RGB", (60, 40), (90, 20, 10)).save(jpeg, format="JPEG")
+    example = {  # TFDS coco/2017 layout: bbox normalized (ymin, xmin, ymax, xmax).
+        "image": jpeg.getvalue(),
+        "image/id": np.int64(42),
+        "image/filename": "000042.jpg",
+        "objects": {
+            "bbox": np.array([[0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 0.5, 0.5]], np.float32),
+            "label": np.array([79, 3]),
+            "is_crowd": np.array([False, True]),
+            "area": np.array([500, 300]),
+            "id": np.array([7, 8]),
+        },
+    }
+
+    class FakeBuilder:
+        data_dir = "fake"
+        labels = types.SimpleNamespace(names=[f"c{i}" for i in range(80)])
+        info = types.SimpleNamespace(features={"objects": {"label": labels}})
+
+        def as_data_source(self, split, decoders):
+            assert split == "validation" and "image" in decoders
+            return [example]
+
+    monkeypatch.setattr(tfds_coco, "_builder", lambda data_dir: FakeBuilder())
+    source = data.get_source("coco2017")
+    assert source.num_classes == 80 and source.category_ids[3] == 4
+    split = source.split("validation")
+    record, image = split.example(0)
+    assert image.shape == (40, 60, 3) and record.image_id == 42
+    np.testing.assert_allclose(record.boxes, [[30, 10, 60, 30]])  # The crowd box is dropped.
+    np.testing.assert_array_equal(record.classes, [79])
+    gt = split.gt()
+    assert gt["images"] == [{"id": 42, "height": 40, "width": 60, "file_name": "000042.jpg"}]
+    anns = gt["annotations"]
+    assert [a["category_id"] for a in anns] == [90, 4] and [a["iscrowd"] for a in anns] == [0, 1]
+    np.testing.assert_allclose([a["bbox"] for a in anns], [[30, 10, 30, 20], [0, 0, 30, 20]])
+    (batch,) = data.make_eval_iter(
+        split,
+        global_batch=1,
+        pad_size=(64, 64),
+        max_gt=2,
+        short_side=40,
+        max_size=64,
+        process_index=0,
+        process_count=1,
+    )
+    records = coco.batch_detections(
+        batch, batch["boxes"], np.ones((1, 2)), batch["classes"], batch["gt_mask"]
+    )
+    assert coco.evaluate_coco(gt, records)["AP"] == pytest.approx(1.0, abs=1e-12)
