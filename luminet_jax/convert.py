@@ -1,7 +1,9 @@
 """Converts a PyTorch checkpoint of a zoo model into an orbax variables directory.
 
-    python -m luminet_jax.convert --model resnet32x4 --torch resnet32x4_vanilla/ckpt_epoch_240.pth \
+    luminet-convert --model resnet32x4 --torch resnet32x4_vanilla/ckpt_epoch_240.pth \
         --out teachers/resnet32x4 [--num-classes 100]
+
+(`luminet-convert` is `python -m luminet_jax.convert`.)
 
 The checkpoint may be a plain state_dict or a dict holding it under "model" (mdistiller's
 cifar_teachers) or "state_dict". torch is needed only here (an optional dependency).
@@ -15,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from luminet_jax import models
+from luminet_jax import cli, models
 
 _WRAPPER_KEYS = ("model", "state_dict")
 
@@ -65,7 +67,7 @@ def load_torch_state_dict(path: str) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m luminet_jax.convert",
+        prog=cli.command("luminet_jax.convert", "luminet-convert"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -82,8 +84,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Runs the conversion; `argv` defaults to sys.argv[1:]."""
+    """Runs the conversion (the console script `luminet-convert`); argv: sys.argv[1:]."""
     args = parse_args(argv)
+    try:
+        _convert(args)
+    except (*cli.KNOWN_ERRORS, ImportError) as e:
+        if cli.show_traceback():
+            raise
+        prog = cli.command("luminet_jax.convert", "luminet-convert")
+        cli.fail(cli.one_line(e), f"see {prog} --help; {cli.TRACEBACK_ENV}=1 shows the traceback.",
+                 prog=prog)  # fmt: skip
+
+
+def _convert(args: argparse.Namespace) -> None:
     name = models.canonical_name(args.model)
     num_classes = args.num_classes
     if num_classes is None:

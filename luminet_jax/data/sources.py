@@ -18,7 +18,12 @@ import tensorflow_datasets as tfds
 from luminet_jax.data import augment as augment_lib
 from luminet_jax.data.builders import local
 
-ASSETS = pathlib.Path(__file__).resolve().parents[2] / "assets"
+_PACKAGE = pathlib.Path(__file__).resolve().parents[1]
+# The repository's assets/, installed as package data in luminet_jax/assets/ (setup.py).
+ASSETS = next(
+    (p for p in (_PACKAGE / "assets", _PACKAGE.parent / "assets") if p.is_dir()),
+    _PACKAGE.parent / "assets",
+)
 SAMPLE_ARCHIVE = "cifar10-sample.tar.gz"
 KNOWN_DATASETS = (
     "cifar10",
