@@ -6,6 +6,9 @@ Modules (one concept each; import them directly, this package imports nothing he
   matching   Matcher (IoU thresholds -> labels) and fixed-size fg/bg sampling, RPN and RoI targets.
   poolers    FPN level assignment and multi-level RoIAlign (ROIAlignV2).
   losses     RPN and RoI head losses.
-  fpn, rpn, roi_heads, rcnn (assembly), coco (data + COCO eval), convert (detectron2 import),
-  steps (train/eval steps).
+  coco       COCO box AP through pycocotools' COCOeval; `evaluate` runs a detector over batches.
+  sources    COCO-format / TFDS coco/2017 / shipped-sample datasets (tfds_coco: the TFDS reader).
+  data       static-shape train (multi-scale + flip, resumable) and eval batches.
+  tiny_boxes builds the tiled Tiny-ImageNet boxes set (COCO format); CLI.
+  fpn, rpn, roi_heads, rcnn (assembly), convert (detectron2 import), steps (train/eval steps).
 """
