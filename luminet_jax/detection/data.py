@@ -4,10 +4,11 @@ Batches (`make_train_iter` / `make_eval_iter`, process-local, `global_batch // p
   image (B, H, W, 3) float32, normalized ((pixel - mean) / std) and zero-padded to the fixed
   `pad_size` (multiples of 32); boxes (B, G, 4) float32 x1y1x2y2 in padded-image pixels; classes
   (B, G) int32; gt_mask (B, G) bool (padding False; padded boxes and classes are 0); image_id
-  (B,) int64; scale (B,) float32 (original pixels = padded-image pixels / scale); image_size
-  (B, 2) int32 valid (h, w); index (B,) int32, the image's position in the split (unique over
-  processes, as the classification batches' "index"); eval batches add mask (B,) float32 (0 for
-  padding images, whose image_id and index are -1).
+  (B,) int32 (jax's default width; COCO ids fit); scale (B,) float32 (original pixels =
+  padded-image pixels / scale); image_size (B, 2) int32 valid (h, w); index (B,) int32, the
+  image's position in the split (unique over processes, as the classification batches'
+  "index"); eval batches add mask (B,) float32 (0 for padding images, whose image_id and index
+  are -1).
 Train: multi-scale short side (detectron2's ResizeShortestEdge, "choice") + horizontal flip;
 eval: fixed short side, no flip. Train batches are a pure function of (seed, process, step), so
 `start_step=k` resumes with exactly the batches of an uninterrupted run (as
@@ -87,7 +88,7 @@ def transform(
         "boxes": gt_boxes,
         "classes": classes,
         "gt_mask": np.arange(max_gt) < count,
-        "image_id": np.int64(record.image_id),
+        "image_id": np.int32(record.image_id),
         "scale": np.float32(scale),
         "image_size": np.array([new_h, new_w], np.int32),
     }
@@ -122,7 +123,7 @@ def _padding(pad_size, max_gt) -> dict[str, np.ndarray]:
         "boxes": np.zeros((max_gt, 4), np.float32),
         "classes": np.zeros((max_gt,), np.int32),
         "gt_mask": np.zeros((max_gt,), bool),
-        "image_id": np.int64(-1),
+        "image_id": np.int32(-1),
         "scale": np.float32(1),
         "image_size": np.zeros((2,), np.int32),
         "index": np.int32(-1),
