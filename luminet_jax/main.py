@@ -14,13 +14,11 @@ JAX_NUM_PROCESSES and JAX_PROCESS_ID set them elsewhere; --multihost forces or s
 from __future__ import annotations
 
 import os
-import socket
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from luminet_jax import cli
+from luminet_jax import cli, launch
 
 PROG = cli.command("luminet_jax.main", "luminet-train")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,83 +40,6 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _cluster_env() -> bool:
-    if _MULTIHOST.value is not None:
-        return _MULTIHOST.value
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        return True
-    return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in os.environ
-
-
-def _env_int(name: str) -> int | None:
-    return int(os.environ[name]) if os.environ.get(name) else None
-
-
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise cli.UserError(
-            f"--coordinator_address={address!r} is not HOST:PORT.",
-            "give process 0's host and a free port, e.g. --coordinator_address=10.0.0.1:12345.",
-        )
-    return host.strip("[]"), int(port)
-
-
-def _wait_for_coordinator(address: str, timeout_s: float) -> None:
-    """Waits until process 0's coordinator accepts connections (jax aborts otherwise)."""
-    host, port = _split_address(address)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=min(2.0, timeout_s)):
-                return
-        except OSError:
-            if time.monotonic() >= deadline:
-                raise cli.UserError(
-                    f"no coordinator reachable at {address} after {timeout_s:.0f} s.",
-                    "start process 0 (--process_id=0) with the same --coordinator_address, "
-                    "check the host and port, or raise --initialization_timeout.",
-                ) from None
-            time.sleep(0.5)
-
-
-def _initialize_distributed() -> None:
-    """jax.distributed.initialize from the flags, or from the cluster environment."""
-    import jax  # noqa: PLC0415
-
-    address, n, pid = _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
-    timeout = _INIT_TIMEOUT.value
-    if timeout < 1:
-        raise cli.UserError(f"--initialization_timeout={timeout} must be >= 1 s.")
-    if address is None and n is None and pid is None:
-        if _cluster_env():
-            jax.distributed.initialize(
-                num_processes=_env_int("JAX_NUM_PROCESSES"),
-                process_id=_env_int("JAX_PROCESS_ID"),
-                initialization_timeout=timeout,
-            )
-        return
-    if n is not None and n < 1:
-        raise cli.UserError(f"--num_processes={n} must be >= 1.")
-    if pid is not None and (pid < 0 or (n is not None and pid >= n)):
-        raise cli.UserError(
-            f"--process_id={pid} is out of range for {n or '?'} processes.",
-            "number the processes 0..num_processes-1; process 0 serves the coordinator.",
-        )
-    if n == 1 and address is None:
-        return  # one process: nothing to join
-    if address is not None:
-        _split_address(address)
-        if pid:  # not the coordinator itself: fail fast and clearly where jax would abort
-            _wait_for_coordinator(address, timeout)
-    jax.distributed.initialize(
-        coordinator_address=address,
-        num_processes=n,
-        process_id=pid,
-        initialization_timeout=timeout,
-    )
-
-
 def _hide_gpus_from_tf() -> None:
     """The input pipeline uses TF on the CPU only: keep it off accelerator memory."""
     try:
@@ -128,49 +49,26 @@ def _hide_gpus_from_tf() -> None:
     tf.config.set_visible_devices([], "GPU")
 
 
-def _check_teacher(config) -> None:
-    """A distiller that needs a teacher without a checkpoint: say how to get one."""
-    from luminet_jax import distillers  # noqa: PLC0415
-
-    cls = distillers.DISTILLERS.get(config.distiller.name)
-    if cls is None or not getattr(cls, "uses_teacher", True) or config.teacher.checkpoint:
-        return
-    value = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
-    if os.path.basename(value).removesuffix(".py") == "quickstart":
-        hint = (
-            f"train the quickstart teacher first: {PROG} --config quickstart:teacher "
-            "--workdir /tmp/qs/teacher, then add --config.teacher.checkpoint=/tmp/qs/teacher "
-            "(luminet-quickstart does both)."
-        )
-    else:
-        hint = (
-            f"give a teacher run's workdir ({PROG} --config cifar100_teacher:"
-            f"{config.teacher.name.split(',')[0]} --workdir T), a luminet-convert output "
-            "directory or a PyTorch-keyed .npz."
-        )
-    raise cli.UserError(
-        f"{config.distiller.name} needs a teacher, but config.teacher.checkpoint is empty "
-        "(set --config.teacher.checkpoint=PATH).",
-        hint,
-    )
-
-
-def _write_config(config, workdir: str) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=1, sort_keys=True) + "\n")
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_logs()
+    distributed = launch.distributed_args(
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        timeout_s=_INIT_TIMEOUT.value,
+        multihost=_MULTIHOST.value,
+    )
     config, workdir = _CONFIG.value, _WORKDIR.value
-    _check_teacher(config)
-    _initialize_distributed()
-    _hide_gpus_from_tf()
+    config_file = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
+    name = os.path.basename(config_file).removesuffix(".py")
+    launch.preflight(config, config_name=name, prog=PROG)
+    launch.initialize_distributed(distributed)
     import jax  # noqa: PLC0415
 
+    launch.check_batch(config, jax.device_count())
+    _hide_gpus_from_tf()
     from luminet_jax import train  # noqa: PLC0415  (imports orbax: after quiet_logs)
 
     ds, teacher = config.dataset, config.teacher
@@ -195,7 +93,7 @@ def main(argv):
         f" ({kind})" if kind != device.platform else "",
     )
     if jax.process_index() == 0:
-        _write_config(config, workdir)
+        launch.write_config(config, workdir)
     logging.debug("Config:\n%s", config)
     train.train_and_evaluate(config, workdir)
 

@@ -1,0 +1,184 @@
+"""What `main` does before training: join the processes and check the inputs.
+
+Kept apart from main.py's flags so tests call these directly. The checks run before the
+slow imports (TF, orbax) and raise `cli.UserError`: one line and a hint for the user.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from absl import logging
+
+from luminet_jax import cli
+
+
+def cluster_env(multihost: bool | None = None) -> bool:
+    """Whether the environment asks for several processes (--multihost forces either way)."""
+    if multihost is not None:
+        return multihost
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in os.environ
+
+
+def _env_int(name: str) -> int | None:
+    return int(os.environ[name]) if os.environ.get(name) else None
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise cli.UserError(
+            f"--coordinator_address={address!r} is not HOST:PORT.",
+            "give process 0's host and a free port, e.g. --coordinator_address=10.0.0.1:12345.",
+        )
+    return host.strip("[]"), int(port)
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Waits until process 0's coordinator accepts connections (jax aborts otherwise)."""
+    host, port = split_address(address)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(2.0, timeout_s)):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise cli.UserError(
+                    f"no coordinator reachable at {address} after {timeout_s:.0f} s.",
+                    "start process 0 (--process_id=0) with the same --coordinator_address, "
+                    "check the host and port, or raise --initialization_timeout.",
+                ) from None
+            time.sleep(0.5)
+
+
+def distributed_args(
+    address: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    *,
+    timeout_s: int = 60,
+    multihost: bool | None = None,
+) -> dict[str, Any] | None:
+    """Checked `jax.distributed.initialize` arguments, or None for a single process.
+
+    Given values win; without any, the cluster environment decides (`cluster_env`: jax
+    detects SLURM, Open MPI and Kubernetes, or reads JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID).
+
+    Raises:
+      cli.UserError: a bad value (checked before any process starts to join).
+    """
+    address, n, pid = address, num_processes, process_id
+    if timeout_s < 1:
+        raise cli.UserError(f"--initialization_timeout={timeout_s} must be >= 1 s.")
+    if address is None and n is None and pid is None:
+        if not cluster_env(multihost):
+            return None
+        address = os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+        n, pid = _env_int("JAX_NUM_PROCESSES"), _env_int("JAX_PROCESS_ID")
+    if n is not None and n < 1:
+        raise cli.UserError(f"--num_processes={n} must be >= 1.")
+    if pid is not None and (pid < 0 or (n is not None and pid >= n)):
+        raise cli.UserError(
+            f"--process_id={pid} is out of range for --num_processes={n}.",
+            "number the processes 0..num_processes-1; process 0 serves the coordinator.",
+        )
+    if n == 1 and address is None:
+        return None  # one process: nothing to join
+    if address is not None:
+        split_address(address)
+    return dict(
+        coordinator_address=address,
+        num_processes=n,
+        process_id=pid,
+        initialization_timeout=timeout_s,
+    )
+
+
+def initialize_distributed(args: dict[str, Any] | None) -> None:
+    """Calls `jax.distributed.initialize(**args)` (nothing for None)."""
+    if args is None:
+        return
+    address = args["coordinator_address"]
+    if address is not None and args["process_id"]:
+        # Not the coordinator itself: jax would abort the process with a C++ stack trace.
+        wait_for_coordinator(address, args["initialization_timeout"])
+    import jax  # noqa: PLC0415
+
+    jax.distributed.initialize(**args)
+    logging.info("Joined %d processes through %s.", jax.process_count(), address or "the env")
+
+
+def teacher_hint(config, *, config_name: str, prog: str) -> str:
+    """How to get a teacher checkpoint for `config` (the quickstart's own command for it)."""
+    if config_name == "quickstart":
+        return (
+            f"train the quickstart teacher first: {prog} --config quickstart:teacher "
+            "--workdir /tmp/qs/teacher, then add --config.teacher.checkpoint=/tmp/qs/teacher "
+            "(luminet-quickstart does both)."
+        )
+    return (
+        f"give a teacher run's workdir ({prog} --config cifar100_teacher:"
+        f"{config.teacher.name.split(',')[0]} --workdir T), a luminet-convert output "
+        "directory or a PyTorch-keyed .npz."
+    )
+
+
+def preflight(config, *, config_name: str = "", prog: str = "luminet-train") -> None:
+    """Checks the names and the teacher's files of `config` before the slow imports.
+
+    Args:
+      config: the run's config.
+      config_name: the config file's stem (picks the hint for a missing teacher).
+      prog: the command, for the hints.
+
+    Raises:
+      KeyError: an unknown model or distiller name (the message lists the known ones).
+      TypeError: a hyperparameter the distiller does not take.
+      cli.UserError: a teacher checkpoint that is not set or does not exist.
+    """
+    from luminet_jax import distillers, models  # noqa: PLC0415
+
+    distiller = distillers.get_distiller(**config.distiller)
+    models.canonical_name(config.student.name)
+    if not getattr(distiller, "uses_teacher", True):
+        return
+    for name in filter(None, config.teacher.name.split(",")):
+        models.canonical_name(name.strip())
+    paths = [p.strip() for p in config.teacher.checkpoint.split(",") if p.strip()]
+    hint = teacher_hint(config, config_name=config_name, prog=prog)
+    if not paths:
+        raise cli.UserError(
+            f"{config.distiller.name} needs a teacher, but config.teacher.checkpoint is empty "
+            "(set --config.teacher.checkpoint=PATH).",
+            hint,
+        )
+    for path in paths:
+        if not os.path.exists(path):
+            raise cli.UserError(f"teacher checkpoint {path} does not exist.", hint)
+
+
+def check_batch(config, device_count: int) -> None:
+    """The global batch sizes must split evenly over the devices."""
+    for field in ("batch_size", "eval_batch_size"):
+        size = config[field]
+        if size <= 0 or size % device_count:
+            good = max(1, round(size / device_count)) * device_count
+            raise cli.UserError(
+                f"config.{field}={size} is not divisible by the {device_count} devices.",
+                f"it is the global batch: use a multiple of {device_count}, e.g. "
+                f"--config.{field}={good}.",
+            )
+
+
+def write_config(config, workdir: str) -> None:
+    """Writes the run's config to workdir/config.json (read by luminet-report)."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=1, sort_keys=True) + "\n")
