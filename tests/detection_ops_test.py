@@ -441,3 +441,19 @@ def test_ops_jit_with_static_shapes():
     np.testing.assert_allclose(ra(feats, rois), want, rtol=RTOL, atol=1e-12)
     iou = jax.jit(ops.box_iou)(boxes, boxes)
     np.testing.assert_allclose(iou, ref_iou(boxes_np, boxes_np), rtol=RTOL)
+
+
+def test_roi_align_float32_and_bfloat16_features_keep_pixel_accurate_coordinates():
+    feats, boxes = roi_cases()
+    feats = feats.repeat(8, axis=1).repeat(8, axis=2)  # 56 x 72: coordinates need > 8 bits
+    boxes = boxes * 8
+    want = ref_roi_align(feats, boxes, 3, 0.5, 2, True)
+    with jax.enable_x64(False):
+        f32 = roi_align(jnp.asarray(feats, jnp.float32), jnp.asarray(boxes, jnp.float32),
+                        output_size=3, spatial_scale=0.5)  # fmt: skip
+        bf16 = roi_align(jnp.asarray(feats, jnp.bfloat16), jnp.asarray(boxes, jnp.float32),
+                         output_size=3, spatial_scale=0.5)  # fmt: skip
+    assert f32.dtype == jnp.float32 and bf16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(f32), want, rtol=1e-5, atol=1e-5)
+    # bf16 inputs/outputs round to 8 bits (|x| <= ~4 here); the coordinates stay exact.
+    np.testing.assert_allclose(np.asarray(bf16, np.float32), want, rtol=0, atol=0.05)

@@ -1,7 +1,8 @@
 """Box ops for Faster R-CNN: IoU, greedy NMS, RoIAlign, box coding, clipping.
 
 All functions are pure, jit-compatible with static shapes, and work in the input dtype
-(float64 under x64). Boxes are x1y1x2y2 in input-image pixels; features are NHWC.
+(float64 under x64; RoIAlign computes its sample coordinates in at least float32).
+Boxes are x1y1x2y2 in input-image pixels; features are NHWC.
 
 Semantics follow the references the detectron2 checkpoints were trained with:
 - `box_iou`: detectron2's `pairwise_iou` (0 where boxes do not intersect, so zero-area
@@ -166,7 +167,9 @@ def roi_align_flat(
     """
     if sampling_ratio <= 0:
         raise ValueError(f"sampling_ratio must be > 0 for static shapes, got {sampling_ratio}")
-    dtype = flat_features.dtype
+    # Sample coordinates and weights in at least float32 (bf16 cannot address pixels of a
+    # large map); the weighted sum is accumulated in that type and cast back.
+    dtype = jnp.promote_types(jnp.promote_types(flat_features.dtype, boxes.dtype), jnp.float32)
     boxes = jax.lax.stop_gradient(boxes).astype(dtype)
     scale = spatial_scales.astype(dtype)
     shift = 0.5 if aligned else 0.0
@@ -204,9 +207,10 @@ def roi_align_flat(
         for xi, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
             idx = row_base + yi[..., :, None] * width_i + xi[..., None, :]
             weight = wy[..., :, None] * wx[..., None, :] * ok
-            out = out + weight[..., None] * gather(flat_features, idx)
+            out = out + weight[..., None] * gather(flat_features, idx).astype(dtype)
     out = out.reshape(*out.shape[:2], output_size, sampling_ratio, output_size, sampling_ratio, -1)
-    return out.sum(axis=(3, 5)) / (sampling_ratio * sampling_ratio)
+    out = out.sum(axis=(3, 5)) / (sampling_ratio * sampling_ratio)
+    return out.astype(flat_features.dtype)
 
 
 def roi_align(
@@ -236,7 +240,7 @@ def roi_align(
         heights=full(height),
         widths=full(width),
         offsets=full(0),
-        spatial_scales=full(spatial_scale).astype(features.dtype),
+        spatial_scales=full(spatial_scale).astype(jnp.promote_types(boxes.dtype, jnp.float32)),
         output_size=output_size,
         sampling_ratio=sampling_ratio,
         aligned=aligned,
