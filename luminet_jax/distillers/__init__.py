@@ -7,6 +7,7 @@ import dataclasses
 from luminet_jax.distillers import (
     base,
     common,
+    crd,
     dkd,
     feature_losses,
     kd,
@@ -46,6 +47,8 @@ DISTILLERS = {
     "luminet": luminet.LumiNet,
     "kd_ls": logit_standardization.KDLS,
     "dkd_ls": logit_standardization.DKDLS,
+    "crd": crd.CRD,
+    "crd_kd": crd.CRDKD,
 }
 
 

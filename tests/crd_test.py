@@ -1,0 +1,265 @@
+"""CRD: scores, Z, NCE loss, gradients and memory update against float64 NumPy; sampling;
+8 devices equal 1; parameter counts for resnet32x4 -> resnet8x4."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from luminet_jax import distillers, models
+from luminet_jax.distillers import crd
+
+N, K, DIM, S_DIM, T_DIM, CLASSES, B = 40, 8, 8, 6, 10, 4, 8
+TEMP, MOMENTUM, EPS = 0.07, 0.5, 1e-7
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    """Float64 throughout (exact comparisons), and one jit cache for all tests."""
+    with jax.enable_x64(True):
+        yield
+
+
+def _f64(tree):
+    return jax.tree.map(
+        lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+def _batch(rng, all_labels, batch):
+    index = jnp.asarray(rng.permutation(N)[:batch], jnp.int32)
+    return dict(
+        s_logits=jnp.asarray(rng.standard_normal((batch, CLASSES))),
+        t_logits=jnp.asarray(rng.standard_normal((batch, CLASSES))),
+        labels=jnp.asarray(all_labels[np.asarray(index)], jnp.int32),
+        s_pooled=jnp.asarray(rng.standard_normal((batch, S_DIM))),
+        t_pooled=jnp.asarray(rng.standard_normal((batch, T_DIM))),
+        index=index,
+        rng=jax.random.key(int(rng.integers(1 << 30))),
+    )
+
+
+def _setup(seed=0, batch=B, **hparams):
+    """A distiller, float64 extra {"params", "state"} (labels set), one batch, the labels."""
+    hparams = {"num_negatives": K, "feat_dim": DIM, "temperature": TEMP, **hparams}
+    d = distillers.get_distiller("crd", **hparams)
+    rng = np.random.default_rng(seed)
+    all_labels = np.arange(N) % CLASSES
+    rng.shuffle(all_labels)
+    b = _batch(rng, all_labels, batch)
+    feats = ({"pooled": b["s_pooled"]}, {"pooled": b["t_pooled"]})
+    extra = _f64(d.init(jax.random.key(seed), *feats, num_train=N))
+    extra["state"] = d.data_state(extra["state"], all_labels)
+    return d, extra, b, all_labels
+
+
+def _loss(params, state, b, *, d, axis_name=None):
+    out = d(
+        b["s_logits"], b["t_logits"], b["labels"], epoch=1, axis_name=axis_name,
+        s_feats={"pooled": b["s_pooled"]}, t_feats={"pooled": b["t_pooled"]},
+        index=b["index"], extra={"params": params, "state": state}, rng=b["rng"],
+    )  # fmt: skip
+    return out.total, (out.parts, out.state)
+
+
+_grad = jax.value_and_grad(_loss, has_aux=True)  # w.r.t. the embeddings' params
+_step = jax.jit(_grad, static_argnames=("d", "axis_name"))
+
+
+_contrast_index = jax.jit(
+    crd.crd_contrast_index, static_argnames=("num_negatives", "mode", "replace")
+)
+
+
+def _index(d, state, b):
+    return _contrast_index(
+        b["rng"], b["index"], b["labels"], state["order"], state["sorted_labels"],
+        num_negatives=d.num_negatives, mode=d.mode, replace=d.replace,
+    )  # fmt: skip
+
+
+# An independent float64 NumPy CRD (mdistiller's Embed, ContrastMemory, ContrastLoss).
+def np_embed(p, x):
+    y = x @ p["kernel"] + p["bias"]
+    return y / np.linalg.norm(y, axis=1, keepdims=True), y
+
+
+def np_embed_grad(p, x, g):
+    """d/d(kernel, bias) of sum(g * l2norm(x W + b)), by hand."""
+    v, y = np_embed(p, x)
+    gy = (g - np.sum(g * v, axis=1, keepdims=True) * v) / np.linalg.norm(y, axis=1, keepdims=True)
+    return {"kernel": x.T @ gy, "bias": gy.sum(0)}
+
+
+def np_crd(params, state, b, idx, *, z_s=None, z_t=None):
+    """(loss_kd, grads w.r.t. both embeddings' params, new memories, z_s, z_t, out_s, out_t)."""
+    p = jax.tree.map(np.asarray, params)
+    ms, mt = np.asarray(state["memory_s"]), np.asarray(state["memory_t"])
+    xs, xt = np.asarray(b["s_pooled"]), np.asarray(b["t_pooled"])
+    vs, vt = np_embed(p["embed_s"], xs)[0], np_embed(p["embed_t"], xt)[0]
+    idx = np.asarray(idx)
+    ws, wt = mt[idx], ms[idx]  # (B, K+1, D): the student is scored on the teacher's memory
+    es = np.exp(np.einsum("bkd,bd->bk", ws, vs) / TEMP)
+    et = np.exp(np.einsum("bkd,bd->bk", wt, vt) / TEMP)
+    z_s = es.mean() * N if z_s is None else z_s
+    z_t = et.mean() * N if z_t is None else z_t
+    c = K / N
+    loss, grads = 0.0, {}
+    for name, e, z, w, x in (("embed_s", es, z_s, ws, xs), ("embed_t", et, z_t, wt, xt)):
+        o = e / z
+        bsz = o.shape[0]
+        loss += -(np.log(o[:, 0] / (o[:, 0] + c + EPS)).sum()
+                  + np.log(c / (o[:, 1:] + c + EPS)).sum()) / bsz  # fmt: skip
+        g_o = np.empty_like(o)
+        g_o[:, 0] = -(1.0 / o[:, 0] - 1.0 / (o[:, 0] + c + EPS)) / bsz
+        g_o[:, 1:] = 1.0 / (o[:, 1:] + c + EPS) / bsz
+        g_v = np.einsum("bk,bkd->bd", g_o * o / TEMP, w)
+        grads[name] = jax.tree.map(lambda a: 0.8 * a, np_embed_grad(p[name], x, g_v))
+    new = []
+    for m, v in ((ms, vs), (mt, vt)):
+        m = m.copy()
+        rows = MOMENTUM * m[np.asarray(b["index"])] + (1 - MOMENTUM) * v
+        m[np.asarray(b["index"])] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        new.append(m)
+    return 0.8 * loss, grads, new, z_s, z_t, es / z_s, et / z_t
+
+
+def test_crd_step_equals_numpy_float64():
+    d, extra, b, _ = _setup()
+    (total, (parts, new_state)), grads = _step(extra["params"], extra["state"], b, d=d)
+    idx = _index(d, extra["state"], b)
+    loss, want_grads, (ms, mt), z_s, z_t, out_s, out_t = np_crd(
+        extra["params"], extra["state"], b, idx
+    )
+    ce = distillers.softmax_xent(b["s_logits"], b["labels"])
+    np.testing.assert_allclose(parts["loss_kd"], loss, rtol=1e-6)
+    np.testing.assert_allclose(total, loss + ce, rtol=1e-6)
+    chex.assert_trees_all_close(grads, want_grads, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(new_state["memory_s"], ms, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(new_state["memory_t"], mt, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose([new_state["z_s"], new_state["z_t"]], [z_s, z_t], rtol=1e-6)
+    # The public pure functions give the same scores and memory.
+    v_s = crd.embed(extra["params"]["embed_s"], b["s_pooled"])
+    v_t = crd.embed(extra["params"]["embed_t"], b["t_pooled"])
+    st = extra["state"]
+    got = crd.crd_contrast(
+        v_s, v_t, st["memory_s"], st["memory_t"], idx, temperature=TEMP, z_s=z_s, z_t=z_t
+    )
+    chex.assert_trees_all_close(got, (out_s, out_t), rtol=1e-6)
+    np.testing.assert_allclose(
+        0.8 * (crd.crd_nce_loss(got[0], num_data=N) + crd.crd_nce_loss(got[1], num_data=N)),
+        loss, rtol=1e-6,
+    )  # fmt: skip
+    upd = crd.crd_update_memory(st["memory_s"], v_s, b["index"], momentum=MOMENTUM)
+    np.testing.assert_allclose(upd, ms, rtol=1e-6, atol=1e-12)
+
+
+def test_gather_and_matmul_scores_agree(monkeypatch):
+    d, extra, b, _ = _setup()
+    v = crd.embed(extra["params"]["embed_s"], b["s_pooled"])
+    idx = _index(d, extra["state"], b)
+    mem = extra["state"]["memory_t"]
+    score = lambda v: crd.crd_exp_scores(v, mem, idx, temperature=TEMP)  # noqa: E731
+    want = jax.value_and_grad(lambda v: jnp.sum(jnp.log(score(v)) ** 2))(v)
+    monkeypatch.setattr(crd, "MATMUL_MAX_ROWS_PER_COLUMN", 0)  # force the gather path
+    got = jax.value_and_grad(lambda v: jnp.sum(jnp.log(score(v)) ** 2))(v)
+    chex.assert_trees_all_close(got, want, rtol=1e-10)
+
+
+def test_z_is_set_once():
+    d, extra, b, all_labels = _setup()
+    (_, (_, state1)), _ = _step(extra["params"], extra["state"], b, d=d)
+    assert float(state1["z_s"]) > 0 and float(state1["z_t"]) > 0
+    b2 = _batch(np.random.default_rng(5), all_labels, B)
+    (_, (parts2, state2)), _ = _step(extra["params"], state1, b2, d=d)
+    assert float(state2["z_s"]) == float(state1["z_s"])
+    assert float(state2["z_t"]) == float(state1["z_t"])
+    # The second step scores with the kept Z, on the memory after the first update.
+    idx = _index(d, state1, b2)
+    loss, *_ = np_crd(
+        extra["params"], state1, b2, idx, z_s=float(state1["z_s"]), z_t=float(state1["z_t"])
+    )
+    np.testing.assert_allclose(parts2["loss_kd"], loss, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "mode, num_negatives", [("exact", K), ("relax", K), ("exact", 35)]
+)  # 35 > the 30 samples of the other classes: drawn with replacement, as the reference
+def test_contrast_index_negatives_are_other_classes(mode, num_negatives):
+    d, extra, b, all_labels = _setup(mode=mode, num_negatives=num_negatives)
+    idx = np.asarray(_index(d, extra["state"], b))
+    labels = np.asarray(b["labels"])
+    assert idx.shape == (B, num_negatives + 1)
+    if mode == "exact":
+        np.testing.assert_array_equal(idx[:, 0], np.asarray(b["index"]))
+    else:  # a sample of the same class
+        np.testing.assert_array_equal(all_labels[idx[:, 0]], labels)
+    assert np.all(all_labels[idx[:, 1:]] != labels[:, None])
+    if num_negatives <= 30:  # without replacement, as np.random.choice(replace=False)
+        assert all(len(set(row)) == num_negatives for row in idx[:, 1:])
+
+
+def test_replace_draws_other_classes():
+    d, extra, b, all_labels = _setup(replace=True)
+    idx = np.asarray(_index(d, extra["state"], b))
+    np.testing.assert_array_equal(idx[:, 0], np.asarray(b["index"]))
+    assert np.all(all_labels[idx[:, 1:]] != np.asarray(b["labels"])[:, None])
+
+
+def test_missing_labels_or_index_raise():
+    d, extra, b, _ = _setup()
+    state = {k: v for k, v in extra["state"].items() if k not in ("order", "sorted_labels")}
+    with pytest.raises(ValueError, match="data_state"):
+        _step(extra["params"], state, b, d=d)
+    with pytest.raises(ValueError, match="index"):
+        _step(extra["params"], extra["state"], dict(b, index=None), d=d)
+
+
+def test_eight_devices_equal_one():
+    assert jax.device_count() >= 8
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    d, extra, b, _ = _setup()  # one row per device
+    want = _step(extra["params"], extra["state"], b, d=d)
+    specs = {k: (P() if k == "rng" else P("data")) for k in b}
+    sharded = jax.jit(
+        jax.shard_map(
+            functools.partial(_grad, d=d, axis_name="data"),
+            mesh=mesh,
+            in_specs=(P(), P(), specs),
+            out_specs=P(),
+        )
+    )
+    got = sharded(extra["params"], extra["state"], b)
+    chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-13)
+
+
+def test_extra_parameters_resnet32x4_to_resnet8x4():
+    def feats(name):
+        model = models.get_model(name, num_classes=100)
+        x = jnp.zeros((2, 32, 32, 3))
+        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+        return jax.eval_shape(lambda v: model.apply(v, x, train=False)[1], variables)
+
+    d = distillers.get_distiller("crd")
+    extra = jax.eval_shape(
+        lambda: d.init(jax.random.key(0), feats("resnet8x4"), feats("resnet32x4"), num_train=50000)
+    )
+    assert sum(x.size for x in jax.tree.leaves(extra["params"])) == 65_792
+    assert extra["state"]["memory_s"].shape == extra["state"]["memory_t"].shape == (50000, 128)
+    assert 2 * extra["state"]["memory_s"].size == 12_800_000
+
+
+def test_crd_kd_adds_hinton_kd():
+    d, extra, b, _ = _setup()
+    dkd = distillers.get_distiller("crd_kd", num_negatives=K, feat_dim=DIM, temperature=TEMP)
+    (total, (parts, _)), _ = _step(extra["params"], extra["state"], b, d=dkd)
+    (_, (base_parts, _)), _ = _step(extra["params"], extra["state"], b, d=d)
+    want_kd = distillers.kd_loss(b["s_logits"], b["t_logits"], temperature=4.0)
+    np.testing.assert_allclose(parts["loss_logit_kd"], want_kd, rtol=1e-6)
+    np.testing.assert_allclose(parts["loss_kd"], base_parts["loss_kd"], rtol=1e-6)
+    np.testing.assert_allclose(total, sum(parts.values()), rtol=1e-6)
