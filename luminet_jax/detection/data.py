@@ -55,8 +55,12 @@ def transform(
     mean: Sequence[float] = PIXEL_MEAN,
     std: Sequence[float] = PIXEL_STD,
     bgr: bool = False,
+    out: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Resizes (bilinear, PIL as detectron2), optionally flips, normalizes and pads one image.
+
+    `out`, if given, is a zeroed float32 (*pad_size, 3) buffer (a slot of the batch) that
+    receives the image in place, which saves copying the padded image into the batch.
 
     Returns:
       (one example of the batch layout in the module docstring, number of boxes dropped
@@ -75,9 +79,14 @@ def transform(
     if flip:
         image = image[:, ::-1]
         boxes = np.stack([new_w - boxes[:, 2], boxes[:, 1], new_w - boxes[:, 0], boxes[:, 3]], 1)
-    pixels = (image.astype(np.float32) - np.float32(mean)) / np.float32(std)
-    padded = np.zeros((*pad_size, 3), np.float32)
-    padded[:new_h, :new_w] = pixels[..., ::-1] if bgr else pixels
+    mean, std = np.float32(mean), np.float32(std)
+    if bgr:
+        image, mean, std = image[..., ::-1], mean[::-1], std[::-1]
+    padded = np.zeros((*pad_size, 3), np.float32) if out is None else out
+    target = padded[:new_h, :new_w]
+    lut = (np.arange(256, dtype=np.float32)[:, None] - mean) / std  # (256, 3): 3x faster.
+    for c in range(3):
+        target[..., c] = lut[:, c][image[..., c]]
     count = min(len(boxes), max_gt)
     gt_boxes = np.zeros((max_gt, 4), np.float32)
     gt_boxes[:count] = boxes[:count]
@@ -117,9 +126,8 @@ def _check_pad(pad_size):
 
 
 def _padding(pad_size, max_gt) -> dict[str, np.ndarray]:
-    """An eval padding example: zero image, no boxes, image_id -1, mask 0."""
+    """An eval padding example (its image stays the zeros of the batch): no boxes, id -1, mask 0."""
     return {
-        "image": np.zeros((*pad_size, 3), np.float32),
         "boxes": np.zeros((max_gt, 4), np.float32),
         "classes": np.zeros((max_gt,), np.int32),
         "gt_mask": np.zeros((max_gt,), bool),
@@ -131,38 +139,41 @@ def _padding(pad_size, max_gt) -> dict[str, np.ndarray]:
     }
 
 
-def _batches(plan, split: Split, prepare, padding, num_workers: int):
+def _batches(plan, split: Split, prepare, padding, image_shape, num_workers: int):
     """Yields stacked batches of `prepare(record, image, *args)` over each planned batch.
 
-    `plan` yields lists of (example index, *args); index -1 is an eval padding example. Decoding
-    and resizing run in a thread pool (PIL releases the GIL), one batch ahead of the caller.
+    `plan` yields lists of (example index, *args); index -1 is an eval padding example. Decoding,
+    resizing and normalizing (into the batch's image array) run in a thread pool (PIL and numpy
+    release the GIL), one batch ahead of the caller.
     """
 
-    def load(item):
+    def load(item, out):
         if item[0] < 0:
             return padding, 0
-        example, dropped = prepare(*split.example(item[0]), *item[1:])
+        example, dropped = prepare(*split.example(item[0]), *item[1:], out=out)
         example["index"] = np.int32(item[0])
         return (example if padding is None else dict(example, mask=np.float32(1))), dropped
 
-    def collect(futures):
+    def collect(images, futures):
         nonlocal warned
         examples, dropped = zip(*[f.result() for f in futures])
         if sum(dropped) and not warned:
             warned = True
             logging.warning("detection data: %d boxes beyond max_gt dropped in a batch (warned "
                             "once)", sum(dropped))  # fmt: skip
-        return {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
+        batch = {k: np.stack([ex[k] for ex in examples]) for k in examples[0] if k != "image"}
+        return {"image": images, **batch}
 
     warned = False
     with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
         pending = collections.deque()
         for items in plan:
-            pending.append([pool.submit(load, item) for item in items])
+            images = np.zeros((len(items), *image_shape), np.float32)  # Zero pages: cheap.
+            pending.append((images, [pool.submit(load, x, y) for x, y in zip(items, images)]))
             if len(pending) > 1:
-                yield collect(pending.popleft())
+                yield collect(*pending.popleft())
         while pending:
-            yield collect(pending.popleft())
+            yield collect(*pending.popleft())
 
 
 def _shard(n: int, process_index: int, process_count: int, drop_remainder: bool) -> range:
@@ -251,13 +262,13 @@ def make_train_iter(
             yield list(zip(chosen.tolist(), shorts.tolist(), flips.tolist()))
             step += 1
 
-    def prepare(record, image, short_side, flipped):
+    def prepare(record, image, short_side, flipped, out):
         return transform(
             record, image, short_side=short_side, max_size=max_size, flip=flipped,
-            pad_size=pad_size, max_gt=max_gt, mean=mean, std=std, bgr=bgr,
+            pad_size=pad_size, max_gt=max_gt, mean=mean, std=std, bgr=bgr, out=out,
         )  # fmt: skip
 
-    return _batches(plan(), split, prepare, None, num_workers)
+    return _batches(plan(), split, prepare, None, (*pad_size, 3), num_workers)
 
 
 def make_eval_iter(
@@ -290,10 +301,10 @@ def make_eval_iter(
     plan = ([(i,) for i in local[b * local_batch : (b + 1) * local_batch]]
             for b in range(num_batches))  # fmt: skip
 
-    def prepare(record, image):
+    def prepare(record, image, out):
         return transform(
             record, image, short_side=short_side, max_size=max_size, flip=False,
-            pad_size=pad_size, max_gt=max_gt, mean=mean, std=std, bgr=bgr,
+            pad_size=pad_size, max_gt=max_gt, mean=mean, std=std, bgr=bgr, out=out,
         )  # fmt: skip
 
-    return _batches(plan, split, prepare, _padding(pad_size, max_gt), num_workers)
+    return _batches(plan, split, prepare, _padding(pad_size, max_gt), (*pad_size, 3), num_workers)
