@@ -379,3 +379,18 @@ def test_tfds_coco_examples_become_records_and_ground_truth(monkeypatch):
         batch, batch["boxes"], np.ones((1, 2)), batch["classes"], batch["gt_mask"]
     )
     assert coco.evaluate_coco(gt, records)["AP"] == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_shipped_sample_rebuilds_byte_identical(tmp_path, shared_data):
+    import hashlib
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_sample", sources.ASSETS / "make_tiny_boxes_sample.py"
+    )
+    make_sample = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_sample)
+    make_sample.main(shared_data / MINI, tmp_path / "sample.tar.gz")
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+    assert digest(tmp_path / "sample.tar.gz") == digest(sources.ASSETS / sources.SAMPLE_ARCHIVE)
