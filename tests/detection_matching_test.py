@@ -71,6 +71,16 @@ def test_match_matches_reference_with_exact_thresholds_and_padding(allow_low):
     assert (np.asarray(lab)[band] != 0).all()  # ignore band (-1) or a low-quality match
 
 
+def test_match_reproduces_detectron2_published_values():
+    # detectron2 tests/modeling/test_matcher.py: RPN thresholds, low-quality matches on.
+    q = jnp.asarray([[0.15, 0.45, 0.2, 0.6], [0.3, 0.65, 0.05, 0.1], [0.05, 0.4, 0.25, 0.4]])
+    m, lab = matching.match(
+        q, thresholds=matching.RPN_IOU_THRESHOLDS, labels=matching.RPN_IOU_LABELS,
+        allow_low_quality_matches=True,
+    )  # fmt: skip
+    assert np.asarray(m).tolist() == [1, 1, 2, 0] and np.asarray(lab).tolist() == [-1, 1, 0, 1]
+
+
 def test_match_without_valid_ground_truth_is_background():
     q = jnp.full((3, 7), 0.9)
     for g_valid, q_ in ((jnp.zeros(3, bool), q), (jnp.zeros(0, bool), jnp.zeros((0, 7)))):

@@ -457,3 +457,27 @@ def test_roi_align_float32_and_bfloat16_features_keep_pixel_accurate_coordinates
     np.testing.assert_allclose(np.asarray(f32), want, rtol=1e-5, atol=1e-5)
     # bf16 inputs/outputs round to 8 bits (|x| <= ~4 here); the coordinates stay exact.
     np.testing.assert_allclose(np.asarray(bf16, np.float32), want, rtol=0, atol=0.05)
+
+
+def test_roi_align_reproduces_detectron2_published_values():
+    # detectron2 tests/layers/test_roi_align.py (test_forward_output): a 5x5 ramp, box
+    # (1, 1, 3, 3), 4x4 output; its adaptive ratio there is ceil(2 / 4) = 1.
+    feats = np.arange(25, dtype=np.float64).reshape(1, 5, 5, 1)
+    box = np.array([[[1.0, 1.0, 3.0, 3.0]]])
+    unaligned = [[7.5, 8, 8.5, 9], [10, 10.5, 11, 11.5], [12.5, 13, 13.5, 14], [15, 15.5, 16, 16.5]]
+    aligned = [[4.5, 5, 5.5, 6], [7, 7.5, 8, 8.5], [9.5, 10, 10.5, 11], [12, 12.5, 13, 13.5]]
+    for flag, want in ((False, unaligned), (True, aligned)):
+        got = roi_align(
+            feats, box, output_size=4, spatial_scale=1.0, sampling_ratio=1, aligned=flag
+        )
+        np.testing.assert_allclose(np.asarray(got)[0, 0, :, :, 0], want, rtol=1e-12)
+
+
+def test_anchors_reproduce_detectron2_published_values():
+    # detectron2 tests/modeling/test_anchor_generator.py: sizes (32, 64), ratios
+    # (0.25, 1, 4), stride 4, a 1 x 2 map, offset 0.0.
+    got = anchors.grid_anchors((1, 2), 4, anchors.cell_anchors([32, 64], [0.25, 1, 4]))
+    first = [[-32, -8, 32, 8], [-16, -16, 16, 16], [-8, -32, 8, 32]]
+    first += [[-64, -16, 64, 16], [-32, -32, 32, 32], [-16, -64, 16, 64]]
+    want = np.array(first + [[x1 + 4, y1, x2 + 4, y2] for x1, y1, x2, y2 in first], float)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
