@@ -120,6 +120,17 @@ def test_subsample_counts_fraction_and_membership(n_pos, n_neg):
         assert set(other[valid].tolist()) != set(idx[valid].tolist())
 
 
+def test_subsample_with_fewer_candidates_than_slots():
+    positive = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0, 1], bool)
+    negative = np.array([0, 1, 1, 0, 0, 1, 1, 1, 0, 0], bool)  # two ignored
+    idx, is_pos, valid = matching.subsample(
+        jax.random.key(3), positive, negative, num_samples=16, positive_fraction=0.25
+    )
+    assert np.asarray(is_pos).sum() == 3 and np.asarray(valid).sum() == 8
+    assert sorted(np.asarray(idx)[:3].tolist()) == [0, 3, 9]
+    assert sorted(np.asarray(idx)[3:8].tolist()) == [1, 2, 5, 6, 7]
+
+
 def test_subsample_is_uniform_over_candidates():
     n = 40
     positive = np.arange(n) < 10
