@@ -45,14 +45,19 @@ def test_sample_layout(sample):
         assert image.shape == (128, 128, 3) and image.dtype == np.uint8
 
 
-def test_sample_boxes_are_source_boxes_shifted_by_tile_offset(sample, shared_data):
-    # Independent reading of the raw Tiny-ImageNet files (boxes and pixels).
+@pytest.fixture(scope="module")
+def mini_files(shared_data):
+    """The shared Tiny-ImageNet mini archive's text files and JPEGs, read in one pass."""
     with tarfile.open(shared_data / MINI) as tar:
-        files = {
+        return {
             m.name.split("/", 1)[1]: tar.extractfile(m).read()
             for m in tar
             if m.isfile() and m.name.endswith((".txt", ".JPEG"))
         }
+
+
+def test_sample_boxes_are_source_boxes_shifted_by_tile_offset(sample, mini_files):
+    files = mini_files  # Read independently of tiny_boxes: boxes and pixels.
     raw = {}
     for name, text in files.items():
         if name.endswith("_boxes.txt"):
@@ -84,31 +89,64 @@ def test_sample_boxes_are_source_boxes_shifted_by_tile_offset(sample, shared_dat
             np.testing.assert_array_equal(record.boxes, np.array(expected, np.float32))
 
 
-def test_tiny_boxes_cli_and_seeded_tiling(tmp_path, shared_data):
-    tiny_boxes.main(
-        [
-            "--source",
-            str(shared_data / MINI),
-            "--out",
-            str(tmp_path),
-            "--train",
-            "3",
-            "--val",
-            "2",
-            "--seed",
-            "0",
-            "--quality",
-            "85",
-        ]
-    )
-    built = json.loads((tmp_path / "annotations" / "instances_val.json").read_text())
-    shipped = data.get_source("tiny_boxes_sample").split("val").gt()
-    assert built["images"] == shipped["images"][:2]  # Same seed: the sample's first tiles.
-    assert built["annotations"] == shipped["annotations"][:8]
+def _fake_tiny_imagenet(root):
+    """A tiny-imagenet-200 folder: 2 classes x 4 train images, 4 val images, solid colours."""
+    wnids = ["n001", "n002"]
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    colours, val_lines = {}, []
+    for c, wnid in enumerate(wnids):
+        (root / "train" / wnid / "images").mkdir(parents=True)
+        lines = []
+        for k in range(4):
+            colour = (60 * k + 30, 100 * c + 50, 200 - 40 * k)
+            name = f"{wnid}_{k}.JPEG"
+            Image.new("RGB", (64, 64), colour).save(root / "train" / wnid / "images" / name, "JPEG")
+            colours[f"train/{wnid}/images/{name}"] = colour
+            lines.append(f"{name}\t{k}\t{2 * k}\t{40 + k}\t{63 - k}")
+            v = f"val_{2 * c + k % 2}.JPEG"
+            if k < 2:
+                Image.new("L", (64, 64), 40 * k + 100 * c).save(root / "val" / "images" / v, "JPEG")
+                val_lines.append(f"{v}\t{wnid}\t{k}\t{k}\t{50 + k}\t{60}")
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("\n".join(lines) + "\n")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(val_lines) + "\n")
+    return colours
+
+
+def test_tiny_boxes_cli_tiles_boxes_and_pixels(tmp_path):
+    colours = _fake_tiny_imagenet(tmp_path / "tiny-imagenet-200")
+    argv = ["--source", str(tmp_path), "--train", "2", "--val", "1", "--seed", "4"]
+    tiny_boxes.main([*argv, "--out", str(tmp_path / "a")])
+    tiny_boxes.main([*argv, "--out", str(tmp_path / "b")])
+    source = data.get_source(f"coco_dir:{tmp_path / 'a'}")
+    assert source.class_names == ("n001", "n002") and source.category_ids == (1, 2)
+    split = source.split("train")
+    gt = split.gt()
+    tiles = [t["file"] for img in gt["images"] for t in img["tiles"]]
+    assert sorted(tiles) == sorted(colours)  # 8 train images in 2 tiles, each once.
+    for index, img in enumerate(gt["images"]):
+        record, pixels = split.example(index)
+        for k, tile in enumerate(img["tiles"]):
+            name = tile["file"].split("/")[-1]
+            i = int(name.split("_")[1].split(".")[0])
+            ox, oy = 64 * (k % 2), 64 * (k // 2)
+            np.testing.assert_array_equal(
+                record.boxes[k], [i + ox, 2 * i + oy, 41 + i + ox, 64 - i + oy]
+            )
+            assert record.classes[k] == int(name[3]) - 1
+            np.testing.assert_allclose(
+                pixels[oy : oy + 64, ox : ox + 64].mean((0, 1)), colours[tile["file"]], atol=3
+            )
+    val = json.loads((tmp_path / "a" / "annotations" / "instances_val.json").read_text())
+    assert len(val["images"]) == 1 and len(val["annotations"]) == 4
+    for name in ("annotations/instances_train.json", "train/000001.jpg", "val/000001.jpg"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     groups = tiny_boxes.tile_groups(400, 100, 5, "train")
     assert len(np.unique(groups)) == 400
     np.testing.assert_array_equal(groups, tiny_boxes.tile_groups(400, 100, 5, "train"))
     assert not np.array_equal(groups, tiny_boxes.tile_groups(400, 100, 6, "train"))
+    with pytest.raises(ValueError, match="need 12 images"):
+        tiny_boxes.build(tmp_path, tmp_path / "c", num_train=3, num_val=1)
 
 
 def _synthetic_dataset(tmp_path):

@@ -7,6 +7,8 @@ step); `TFDS_HINT` says how, also without network on the training machine.
 
 import functools
 import io
+import os
+import pathlib
 
 import numpy as np
 from PIL import Image
@@ -28,15 +30,21 @@ TFDS_HINT = (
 )
 
 
+def _missing(where) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{NAME} is not prepared in {where}. " + TFDS_HINT.format(data_dir=where)
+    )
+
+
 def _builder(data_dir):
+    root = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    if not (pathlib.Path(root).expanduser() / NAME).is_dir():  # Say so before importing TF.
+        raise _missing(root)
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(NAME, data_dir=data_dir)
     if not builder.is_prepared():
-        where = data_dir or "~/tensorflow_datasets"
-        raise FileNotFoundError(
-            f"{NAME} is not prepared in {builder.data_dir}. " + TFDS_HINT.format(data_dir=where)
-        )
+        raise _missing(builder.data_dir)
     return builder
 
 
