@@ -5,6 +5,7 @@ import json
 import logging
 import tarfile
 import types
+import zipfile
 
 import numpy as np
 import pytest
@@ -117,7 +118,6 @@ def test_tiny_boxes_cli_tiles_boxes_and_pixels(tmp_path):
     colours = _fake_tiny_imagenet(tmp_path / "tiny-imagenet-200")
     argv = ["--source", str(tmp_path), "--train", "2", "--val", "1", "--seed", "4"]
     tiny_boxes.main([*argv, "--out", str(tmp_path / "a")])
-    tiny_boxes.main([*argv, "--out", str(tmp_path / "b")])
     source = data.get_source(f"coco_dir:{tmp_path / 'a'}")
     assert source.class_names == ("n001", "n002") and source.category_ids == (1, 2)
     split = source.split("train")
@@ -139,6 +139,10 @@ def test_tiny_boxes_cli_tiles_boxes_and_pixels(tmp_path):
             )
     val = json.loads((tmp_path / "a" / "annotations" / "instances_val.json").read_text())
     assert len(val["images"]) == 1 and len(val["annotations"]) == 4
+    with zipfile.ZipFile(tmp_path / "tiny-imagenet-200.zip", "w") as zf:  # As the official zip.
+        for path in sorted((tmp_path / "tiny-imagenet-200").rglob("*.*")):
+            zf.write(path, path.relative_to(tmp_path).as_posix())
+    tiny_boxes.main([*argv, "--out", str(tmp_path / "b"), "--source", str(zf.filename)])
     for name in ("annotations/instances_train.json", "train/000001.jpg", "val/000001.jpg"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     groups = tiny_boxes.tile_groups(400, 100, 5, "train")
