@@ -164,3 +164,28 @@ def test_losses_sharded_equal_single_device_incl_gradients():
     for g8, g1 in zip(grads8, grads1):
         np.testing.assert_allclose(np.asarray(g8), np.asarray(g1), rtol=1e-10, atol=1e-14)
         assert np.abs(np.asarray(g1)).max() > 0
+
+
+def test_fast_rcnn_metrics_match_reference_and_shards():
+    logits, _, _, classes, _, valid = roi_case(4, k=3)
+    logits[0, :6, 3] = 9.0  # some confident background predictions
+    got = losses.fast_rcnn_metrics(logits, classes, valid)
+    pred = logits.argmax(-1)
+    fg = valid & (classes < 3)
+    want = {
+        "cls_accuracy": (pred == classes)[valid].mean(),
+        "fg_cls_accuracy": (pred == classes)[fg].mean(),
+        "false_negative": (pred == 3)[fg].mean(),
+        "num_fg_samples": fg.sum() / 8,
+        "num_bg_samples": (valid & (classes == 3)).sum() / 8,
+    }
+    for key, value in want.items():
+        np.testing.assert_allclose(float(got[key]), value, rtol=1e-6)
+    sharded = jax.jit(
+        jax.shard_map(
+            functools.partial(losses.fast_rcnn_metrics, axis_name="data"),
+            mesh=sharding.make_mesh(), in_specs=(P("data"),) * 3, out_specs=P(),
+        )
+    )(logits, classes, valid)  # fmt: skip
+    for key, value in want.items():
+        np.testing.assert_allclose(float(sharded[key]), value, rtol=1e-6)

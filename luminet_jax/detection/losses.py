@@ -147,3 +147,43 @@ def fast_rcnn_losses(
     reg = smooth_l1(deltas - gt_deltas, smooth_l1_beta).sum(-1)
     reg_sum = jnp.sum(jnp.where(fg, reg, 0))
     return {"loss_cls": cls_sum / normalizer, "loss_box_reg": reg_sum / normalizer}
+
+
+def fast_rcnn_metrics(
+    class_logits: jax.Array,
+    gt_classes: jax.Array,
+    valid: jax.Array,
+    *,
+    axis_name: str | None = None,
+) -> dict[str, jax.Array]:
+    """detectron2's `_log_classification_stats` over the global batch's sampled RoIs.
+
+    Returns cls_accuracy, fg_cls_accuracy and false_negative (foreground RoIs predicted as
+    background) as fractions (0 where the denominator is 0; detectron2 skips logging then),
+    and num_fg_samples / num_bg_samples per image. Equal on every shard.
+    """
+    background = class_logits.shape[-1] - 1
+    pred = jnp.argmax(class_logits, axis=-1)
+    classes = gt_classes.astype(pred.dtype)
+    valid = valid.astype(bool)
+    fg = valid & (classes >= 0) & (classes < background)
+    counts = {
+        "images": jnp.asarray(valid.shape[0], jnp.float32),
+        "valid": valid.sum(),
+        "fg": fg.sum(),
+        "bg": (valid & (classes == background)).sum(),
+        "accurate": (valid & (pred == classes)).sum(),
+        "fg_accurate": (fg & (pred == classes)).sum(),
+        "false_negative": (fg & (pred == background)).sum(),
+    }
+    counts = {k: v.astype(jnp.float32) for k, v in counts.items()}
+    if axis_name is not None:
+        counts = lax.psum(counts, axis_name)
+    ratio = lambda a, b: jnp.where(b > 0, a / jnp.maximum(b, 1.0), 0.0)  # noqa: E731
+    return {
+        "cls_accuracy": ratio(counts["accurate"], counts["valid"]),
+        "fg_cls_accuracy": ratio(counts["fg_accurate"], counts["fg"]),
+        "false_negative": ratio(counts["false_negative"], counts["fg"]),
+        "num_fg_samples": counts["fg"] / counts["images"],
+        "num_bg_samples": counts["bg"] / counts["images"],
+    }
