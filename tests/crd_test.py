@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from luminet_jax import distillers, models
-from luminet_jax.distillers import crd
+from luminet_jax.distillers import crd, crd_sampling
 
 N, K, DIM, S_DIM, T_DIM, CLASSES, B = 40, 8, 8, 6, 10, 4, 8
 TEMP, MOMENTUM, EPS = 0.07, 0.5, 1e-7
@@ -263,3 +263,25 @@ def test_crd_kd_adds_hinton_kd():
     np.testing.assert_allclose(parts["loss_logit_kd"], want_kd, rtol=1e-6)
     np.testing.assert_allclose(parts["loss_kd"], base_parts["loss_kd"], rtol=1e-6)
     np.testing.assert_allclose(total, sum(parts.values()), rtol=1e-6)
+
+
+def test_k_smallest_is_an_exact_radix_select():
+    rng = np.random.default_rng(3)
+    n, k = 300, 77
+    # Distinct keys that share high digits, so that every radix level decides.
+    high = rng.integers(0, 4, (4, n)).astype(np.uint32) << 28
+    keys = high | np.stack([rng.permutation(n) for _ in range(4)]).astype(np.uint32) << 4
+    valid = rng.random((4, n)) < np.array([[1.0], [0.9], [0.5], [0.3]])
+    valid[3, :] = np.arange(n) % 3 == 0  # exactly 100 valid
+    select = jax.jit(jax.vmap(lambda x, v: crd_sampling._k_smallest(x, v, k)))
+    got = np.asarray(select(jnp.asarray(keys), jnp.asarray(valid)))
+    for row in range(4):
+        pos = np.flatnonzero(valid[row])
+        np.testing.assert_array_equal(got[row], np.sort(pos[np.argsort(keys[row, pos])[:k]]))
+
+
+def test_hash_stream_values_are_distinct():
+    seeds = jnp.asarray([12345, 678], jnp.uint32)
+    h = np.asarray(crd_sampling._hash_stream(seeds, 1 << 16))
+    assert len(np.unique(h)) == 1 << 16
+    assert 0.45 < np.mean(h >> 31) < 0.55  # the top bit is balanced
