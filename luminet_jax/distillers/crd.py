@@ -193,7 +193,7 @@ class CRD:
     temperature: float = 0.07  # the NCE temperature
     momentum: float = 0.5
     mode: str = "exact"
-    replace: bool = False
+    replace: bool = False  # True: mdistiller's ImageNetInstanceSample (always replaces)
     kd_weight: float = 0.0
     kd_temperature: float = 4.0
 

@@ -85,7 +85,7 @@ def _contrast_row(key, index, label, order, sorted_labels, *, num_negatives, mod
     """One row of the contrastive index, (K+1,): the positive, then K other-class negatives.
 
     A row's randomness is one hash stream seeded from its key (`_hash_stream`). Integers
-    in [0, n) are `bits % n`: for n <= 2^16 the modulo bias is below 2^-16 relative.
+    in [0, n) are `bits % n`, whose modulo bias is below n / 2^32 relative.
     """
     n, k = order.shape[0], num_negatives
     start = jnp.searchsorted(sorted_labels, label, side="left", method="compare_all")
@@ -136,8 +136,9 @@ def crd_contrast_index(
       mode: "exact" (column 0 is the sample itself) or "relax" (column 0 is a uniformly
         drawn sample of its class); in both modes the K negatives are drawn from the
         samples of the other classes, without replacement unless K exceeds their number.
-      replace: draw the negatives with replacement always (O(B x K) instead of a top-K
-        over (B, N) keys); each negative is still uniform over the other classes.
+      replace: draw the negatives with replacement always, as mdistiller's ImageNet
+        sampler does: O(B x K) instead of a radix select over (B, N) keys; each negative
+        is still uniform over the other classes.
       row_offset: the global position of row 0 (shard index x local batch), so that each
         global row gets the same key on any number of devices.
 
