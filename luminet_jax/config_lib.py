@@ -6,6 +6,8 @@ from a checkout and from an installed package alike.
 Every config has the same top-level sections (read only by `luminet_jax/train.py`):
 
     seed              int
+    seeds             "" (one run with `seed`) or "0,1,2": one run per seed in one job,
+                      written to W/seed{k}/ as `seed=k` would write W/
     dataset           name, data_dir, device_resident, augment, image_size
     batch_size        GLOBAL batch (all processes and devices together)
     eval_batch_size   GLOBAL eval batch (the last one is padded and masked)
@@ -87,6 +89,7 @@ def base(**overrides: Any) -> ml_collections.ConfigDict:
     """All sections with neutral defaults; the recipe helpers below fill them in."""
     config = ml_collections.ConfigDict()
     config.seed = 0
+    config.seeds = ""  # "0,1,2": one independent run per seed in one job (W/seed{k}/)
     config.dataset = dict(
         name="cifar100",
         data_dir="",  # "" = the data layer's default (TFDS dir, or the shipped sample).

@@ -29,7 +29,9 @@ def evaluate(
       batches: batches in the form `eval_step` takes (global arrays for a sharded step).
 
     Returns:
-      {"top1", "top5", "loss", "count"} as Python numbers (top-k as fractions in [0, 1]).
+      {"top1", "top5", "loss", "count"} as Python numbers (top-k as fractions in [0, 1]);
+      a list of them, one per member, when the sums have a leading members axis
+      (`members.shard_eval_step`).
 
     Raises:
       ValueError: the batches contained no (unmasked) example.
@@ -40,7 +42,16 @@ def evaluate(
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     if totals is None:
         raise ValueError("evaluate() got no batches.")
-    totals = {k: np.float64(v) for k, v in jax.device_get(totals).items()}
+    totals = jax.device_get(totals)
+    if np.ndim(totals["count"]):  # several members' sums: one result each
+        return [
+            _result(jax.tree.map(lambda x, k=k: x[k], totals)) for k in range(len(totals["count"]))
+        ]
+    return _result(totals)
+
+
+def _result(totals: dict[str, Any]) -> dict[str, float]:
+    totals = {k: np.float64(v) for k, v in totals.items()}
     count = totals["count"]
     if count <= 0:
         raise ValueError("evaluate() got batches without any unmasked example.")

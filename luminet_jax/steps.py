@@ -69,7 +69,9 @@ def make_train_step(
         the distiller is `state.step // steps_per_epoch + 1`, computed on device.
       axis_name: the data axis inside `shard_map`, or None on one device.
       lr_fn: the learning-rate schedule, logged as metric "lr" (omitted when None).
-      dropout_seed: base seed of the "dropout" rng stream (folded with the step and shard).
+      dropout_seed: the run's seed for the "dropout" rng stream (folded with the step and
+        shard) and the distiller's key; a batch entry "seed" (several seeds in one job)
+        overrides it.
 
     Returns:
       A pure function. `batch` holds "image" (float NHWC, normalized) and "label" (int).
@@ -96,9 +98,12 @@ def make_train_step(
     def train_step(state, teacher_variables, batch):
         images, labels = batch["image"], batch["label"]
         epoch = state.step // steps_per_epoch + 1  # traced int: no recompiles across epochs
-        rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+        # A run's seed: `dropout_seed`, or the member's seed when several seeds train in one
+        # job (members.shard_train_step puts it in the batch): the same keys either way.
+        seed = batch.get("seed", dropout_seed)
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
         # The distiller's key (e.g. CRD's negatives) is the same on every shard.
-        distiller_rng = jax.random.fold_in(jax.random.key(dropout_seed + 1), state.step)
+        distiller_rng = jax.random.fold_in(jax.random.key(seed + 1), state.step)
         if axis_name is not None:
             rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
 

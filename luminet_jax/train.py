@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,6 +28,8 @@ from luminet_jax import (
     distillers,
     evaluation,
     fast_conv,
+    interrupt,
+    members,
     metrics_io,
     models,
     optim,
@@ -122,53 +123,6 @@ def _build_teacher(
     return ensemble, ensemble.combine_variables(member_vars), "+".join(names)
 
 
-class _StopRequest:
-    """Turns SIGINT/SIGTERM into a flag that the loop checks between steps."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: leave the defaults alone
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        del frame
-        self.signum = signum
-        # A second Ctrl-C interrupts at once.
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        return False
-
-    def requested(self, sync: bool) -> bool:
-        """Whether to stop now.
-
-        With several processes all must stop at the same step (saving is collective), so
-        the flag is only read at `sync` points (log steps), where it is all-gathered.
-        """
-        flag = self.signum is not None
-        if jax.process_count() > 1:
-            if not sync:
-                return False
-            from jax.experimental import multihost_utils  # noqa: PLC0415
-
-            flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-        return flag
-
-    def exception(self) -> BaseException:
-        if self.signum == signal.SIGTERM:
-            return SystemExit(128 + signal.SIGTERM)
-        return KeyboardInterrupt()
-
-
 @dataclasses.dataclass(frozen=True)
 class _Data:
     """The datasets as the loop sees them: global batches on the "data" mesh."""
@@ -187,8 +141,12 @@ def _make_data(
     batch_size: int,
     eval_batch_size: int,
     seed: int,
+    seeds: list[int],
 ) -> _Data:
-    """Device-resident data (augmented inside jit) or tf.data streams, per `ds`."""
+    """Device-resident data (augmented inside jit) or tf.data streams, per `ds`.
+
+    With `seeds` (several runs in one job) each train batch stacks one batch per seed.
+    """
     from luminet_jax.data import device_data, input_pipeline  # noqa: PLC0415
 
     data_dir, image_size = ds.data_dir or None, ds.image_size or None
@@ -204,7 +162,7 @@ def _make_data(
             labels,
             mesh=mesh,
             global_batch=batch_size,
-            seed=seed,
+            seed=seeds or seed,
             mean=info.mean,
             std=info.std,
             augment=ds.augment,
@@ -222,20 +180,28 @@ def _make_data(
         )
 
     def train_batches(start_step: int) -> Callable[[int], Any]:
-        it = input_pipeline.make_train_iter(
-            ds.name,
-            global_batch=batch_size,
-            seed=seed,
-            data_dir=data_dir,
-            start_step=start_step,
-            augment=ds.augment,
-            image_size=image_size,
-        )
-        return lambda step: sharding.to_global(next(it), mesh)
+        iters = [
+            input_pipeline.make_train_iter(
+                ds.name,
+                global_batch=batch_size,
+                seed=member_seed,
+                data_dir=data_dir,
+                start_step=start_step,
+                augment=ds.augment,
+                image_size=image_size,
+            )
+            for member_seed in (seeds or [seed])
+        ]
+        if seeds:
+            return lambda step: members.to_global([next(it) for it in iters], mesh)
+        return lambda step: sharding.to_global(next(iters[0]), mesh)
 
     eval_kwargs = dict(global_batch=eval_batch_size, data_dir=data_dir, image_size=image_size)
     return _Data(
-        steps_per_epoch=info.num_train // batch_size,
+        # Each process drops the remainder of its own share (one step less at most).
+        steps_per_epoch=input_pipeline.train_steps_per_epoch(
+            ds.name, global_batch=batch_size, data_dir=data_dir
+        ),
         image_size=image_size or info.image_size,
         train_batches=train_batches,
         eval_batches=lambda: to_global(input_pipeline.make_eval_iter(ds.name, **eval_kwargs)),
@@ -263,23 +229,30 @@ def _format_eta(seconds: float) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains and evaluates the student described by `config`, in `workdir`.
 
+    With `config.seeds = "0,1,2"` it trains one independent student per seed in the same
+    compiled step (`luminet_jax.members`), each written to `workdir/seed{k}/` exactly as a
+    run with `config.seed = k` writes `workdir/`.
+
     Args:
-      config: a config as built by `configs/*.py` (see configs/common.py).
+      config: a config as built by `configs/*.py` (see luminet_jax/config_lib.py).
       workdir: where checkpoints (`ckpt/`), `metrics.jsonl`, TensorBoard files and
         `summary.json` go. A checkpoint already there is resumed from.
 
     Returns:
       The summary ("best_top1", "last_top1", "teacher_top1", "steps", "steps_per_epoch",
-      "wall_s") plus "state", the final `TrainState`.
+      "wall_s") plus "state", the final `TrainState`; with seeds, "members" (one summary
+      per seed, in order) and "state" stacked along a leading members axis.
 
     Raises:
       ValueError: a batch size that does not divide over the devices, a missing teacher
-        checkpoint, a teacher checkpoint that does not match the teacher model.
+        checkpoint, a teacher checkpoint that does not match the teacher model, seeds that
+        repeat.
       FloatingPointError: a non-finite loss (or gradient norm), naming the step.
     """
     from luminet_jax.data import input_pipeline  # noqa: PLC0415 (tensorflow: lazily)
 
     start_time = time.time()
+    seeds = members.parse_seeds(config.get("seeds", ""))
     mesh = sharding.make_mesh()
     sharding.check_global_batch(config.batch_size, mesh)
     sharding.check_global_batch(config.eval_batch_size, mesh)
@@ -310,6 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batch_size=config.batch_size,
         eval_batch_size=config.eval_batch_size,
         seed=config.seed,
+        seeds=seeds,
     )
     steps_per_epoch, size = data.steps_per_epoch, data.image_size
     if steps_per_epoch <= 0:
@@ -324,8 +298,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     lr_fn = optim.make_schedule(**config.schedule, steps_per_epoch=steps_per_epoch)
     tx = optim.make_optimizer(learning_rate=lr_fn, **config.optim)
 
-    def init(rng, teacher_variables):
-        s_rng, d_rng = jax.random.split(rng)
+    def init(seed, teacher_variables):
+        s_rng, d_rng = jax.random.split(jax.random.key(seed))
         variables = student.init(s_rng, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
         extra = _init_distiller(
             distiller,
@@ -338,18 +312,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         return state_lib.create_train_state(variables, tx, extra)
 
-    state = jax.jit(init, out_shardings=sharding.replicated(mesh))(
-        jax.random.key(config.seed), teacher_vars
+    # One member per seed (stacked states), or the single run of config.seed.
+    member_seeds = seeds or [config.seed]
+    workdirs = [os.path.join(workdir, f"seed{k}") for k in seeds] or [workdir]
+    init_fn = jax.vmap(init, in_axes=(0, None)) if seeds else init
+    state = jax.jit(init_fn, out_shardings=sharding.replicated(mesh))(
+        jnp.asarray(member_seeds if seeds else config.seed, jnp.uint32), teacher_vars
     )
-    ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-    state = ckpt.restore_or(state)
-    start_step = int(jax.device_get(state.step))
+    ckpts = [checkpoint.Checkpointer(w, max_to_keep=config.keep_checkpoints) for w in workdirs]
+    view = (lambda tree, k: members.member(tree, k)) if seeds else (lambda tree, k: tree)
+    restored = [c.restore_or(view(state, k)) for k, c in enumerate(ckpts)]
+    starts = sorted({int(jax.device_get(r.step)) for r in restored})
+    if len(starts) > 1:
+        raise ValueError(
+            f"The members' checkpoints in {workdir}/seed*/ are at different steps {starts}; "
+            "remove the newer ones' latest checkpoints (or all) to resume them together."
+        )
+    state = members.stack(restored, mesh) if seeds else restored[0]
+    start_step = starts[0]
     logging.info(
-        "Student %s (%d params, %d extra from the distiller); %d steps/epoch, %d total, "
+        "Student %s (%d params, %d extra from the distiller)%s; %d steps/epoch, %d total, "
         "starting at %d.",
         config.student.name,
-        sum(x.size for x in jax.tree.leaves(state.params)),
-        sum(x.size for x in jax.tree.leaves(state.extra_params)),
+        sum(x.size for x in jax.tree.leaves(view(state, 0).params)),
+        sum(x.size for x in jax.tree.leaves(view(state, 0).extra_params)),
+        f", {len(seeds)} seeds {seeds} in one job" if seeds else "",
         steps_per_epoch,
         total_steps,
         start_step,
@@ -357,7 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     next_batch = data.train_batches(start_step)
     eval_batches = data.eval_batches
-    eval_step = sharding.shard_eval_step(steps.make_eval_step(student, axis_name=AXIS), mesh)
+    raw_eval = steps.make_eval_step(student, axis_name=AXIS)
     step_fn = steps.make_train_step(
         student,
         teacher if uses_teacher else None,
@@ -366,50 +353,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         steps_per_epoch=steps_per_epoch,
         axis_name=AXIS,
         lr_fn=lr_fn,
+        dropout_seed=config.seed,
     )
     # Opt-in CPU speed-up: convolution weight gradients as matmuls (numerically the same).
     step_fn = fast_conv.wrap(step_fn, bool(config.fast_conv), config.fast_conv or "pointwise")
-    train_step = sharding.shard_train_step(step_fn, mesh)
+    if seeds:
+        train_step = members.shard_train_step(step_fn, mesh, seeds)
+        eval_step = members.shard_eval_step(raw_eval, mesh)
+    else:
+        train_step = sharding.shard_train_step(step_fn, mesh)
+        eval_step = sharding.shard_eval_step(raw_eval, mesh)
 
-    writer = metrics_io.MetricWriter(workdir)
-    summary: dict[str, Any] = {"teacher_top1": math.nan}
+    writers = [metrics_io.MetricWriter(w) for w in workdirs]
+    summaries: list[dict[str, Any]] = [{"teacher_top1": math.nan} for _ in workdirs]
     if uses_teacher and config.eval_teacher:
         t_eval_step = sharding.shard_eval_step(steps.make_eval_step(teacher, axis_name=AXIS), mesh)
         t_metrics = evaluation.evaluate(t_eval_step, teacher_vars, eval_batches())
-        summary["teacher_top1"] = float(t_metrics["top1"])
-        writer.write(start_step, {"teacher_top1": t_metrics["top1"]})
+        for summary, writer in zip(summaries, writers):
+            summary["teacher_top1"] = float(t_metrics["top1"])
+            writer.write(start_step, {"teacher_top1": t_metrics["top1"]})
         logging.info("Teacher %s top-1 %.4f", teacher_name, t_metrics["top1"])
 
     # The best eval so far survives a resume through metrics.jsonl.
-    earlier = [r for r in metrics_io.read_metrics(workdir) if r["step"] <= start_step]
-    best, last = metrics_io.best_and_last(earlier)
-    best_top1 = -math.inf if math.isnan(best) else best
-    last_top1 = last
-    last_eval_step = max((r["step"] for r in earlier if "eval/top1" in r), default=-1)
+    best_top1, last_top1, last_eval_step = [], [], []
+    for w in workdirs:
+        earlier = [r for r in metrics_io.read_metrics(w) if r["step"] <= start_step]
+        best, last = metrics_io.best_and_last(earlier)
+        best_top1.append(-math.inf if math.isnan(best) else best)
+        last_top1.append(last)
+        last_eval_step.append(max((r["step"] for r in earlier if "eval/top1" in r), default=-1))
+    tag = (lambda k: f"seed {member_seeds[k]} ") if seeds else (lambda k: "")
 
     def run_eval(step: int) -> None:
-        nonlocal best_top1, last_top1, last_eval_step
-        m = evaluation.evaluate(eval_step, _variables(state), eval_batches())
-        best_top1, last_top1, last_eval_step = max(best_top1, m["top1"]), m["top1"], step
-        writer.write(
-            step,
-            {
-                "epoch": step / steps_per_epoch,
-                "eval/top1": m["top1"],
-                "eval/top5": m["top5"],
-                "eval/loss": m["loss"],
-                "eval/best_top1": best_top1,
-            },
-        )
-        logging.info(
-            "step %d eval: top1 %.4f top5 %.4f loss %.4f (best top1 %.4f)",
-            step, m["top1"], m["top5"], m["loss"], best_top1,
-        )  # fmt: skip
+        results = evaluation.evaluate(eval_step, _variables(state), eval_batches())
+        for k, m in enumerate(results if seeds else [results]):
+            best_top1[k], last_top1[k] = max(best_top1[k], m["top1"]), m["top1"]
+            last_eval_step[k] = step
+            writers[k].write(
+                step,
+                {
+                    "epoch": step / steps_per_epoch,
+                    "eval/top1": m["top1"],
+                    "eval/top5": m["top5"],
+                    "eval/loss": m["loss"],
+                    "eval/best_top1": best_top1[k],
+                },
+            )
+            logging.info(
+                "%sstep %d eval: top1 %.4f top5 %.4f loss %.4f (best top1 %.4f)",
+                tag(k), step, m["top1"], m["top5"], m["loss"], best_top1[k],
+            )  # fmt: skip
+
+    def save(step: int) -> None:
+        for k, c in enumerate(ckpts):
+            c.save(step, view(state, k))
 
     pending: list[dict[str, jax.Array]] = []  # device metrics since the last flush
     window_time, window_step = time.time(), start_step
     step = start_step
-    with _StopRequest() as stop:
+    with interrupt.StopRequest() as stop:
         try:
             while step < total_steps:
                 state, metrics = train_step(state, teacher_vars, next_batch(step))
@@ -422,42 +424,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if not (at_log or at_ckpt or at_eval or stopping):
                     continue
                 # One host transfer per window; checked before anything is saved.
-                means = _summarize(step - len(pending), jax.device_get(pending))
+                window = jax.device_get(pending)
                 pending = []
                 now = time.time()
                 rate = (step - window_step) / max(now - window_time, 1e-9)
                 window_time, window_step = now, step
-                writer.write(step, {f"train/{k}": v for k, v in means.items()})
-                logging.info(
-                    "step %d/%d (epoch %.2f) loss %.4f top1 %.3f lr %.4g | %.1f img/s | ETA %s",
-                    step, total_steps, step / steps_per_epoch, means["loss"],
-                    means.get("top1", math.nan), means.get("lr", math.nan),
-                    rate * config.batch_size, _format_eta((total_steps - step) / rate),
-                )  # fmt: skip
+                for k, writer in enumerate(writers):
+                    means = _summarize(step - len(window), [view(m, k) for m in window])
+                    writer.write(step, {f"train/{n}": v for n, v in means.items()})
+                    logging.info(
+                        "%sstep %d/%d (epoch %.2f) loss %.4f top1 %.3f lr %.4g | %.1f img/s | "
+                        "ETA %s",
+                        tag(k), step, total_steps, step / steps_per_epoch, means["loss"],
+                        means.get("top1", math.nan), means.get("lr", math.nan),
+                        rate * config.batch_size * len(workdirs),
+                        _format_eta((total_steps - step) / rate),
+                    )  # fmt: skip
                 if at_eval:
                     run_eval(step)
                 if at_ckpt or stopping:
-                    ckpt.save(step, state)
+                    save(step)
                 if stopping:
                     logging.warning("Interrupted: saved a checkpoint at step %d.", step)
                     raise stop.exception()
-            if last_eval_step != step:  # e.g. resuming a run that had finished
+            if min(last_eval_step) != step:  # e.g. resuming a run that had finished
                 run_eval(step)
-            if ckpt.latest_step() != step:
-                ckpt.save(step, state)
-            summary.update(
-                best_top1=float(best_top1),
-                last_top1=float(last_top1),
-                steps=step,
-                steps_per_epoch=steps_per_epoch,
-                wall_s=time.time() - start_time,
-            )
-            writer.write(step, {f"summary/{k}": v for k, v in summary.items()})
+            if any(c.latest_step() != step for c in ckpts):
+                save(step)
+            for k, (summary, writer) in enumerate(zip(summaries, writers)):
+                summary.update(
+                    best_top1=float(best_top1[k]),
+                    last_top1=float(last_top1[k]),
+                    steps=step,
+                    steps_per_epoch=steps_per_epoch,
+                    wall_s=time.time() - start_time,
+                )
+                if seeds:
+                    summary["seed"] = member_seeds[k]
+                writer.write(step, {f"summary/{n}": v for n, v in summary.items()})
         finally:
-            ckpt.wait()
-            writer.close()
+            for c in ckpts:
+                c.wait()
+            for writer in writers:
+                writer.close()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
-    logging.info("Done: %s", summary)
-    return {**summary, "state": state}
+        for w, summary in zip(workdirs, summaries):
+            with open(os.path.join(w, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=1)
+    logging.info("Done: %s", summaries if seeds else summaries[0])
+    if not seeds:
+        return {**summaries[0], "state": state}
+    keys = ("best_top1", "last_top1", "teacher_top1", "steps", "steps_per_epoch", "wall_s")
+    combined = {k: [s[k] for s in summaries] for k in keys}
+    return {**combined, "seeds": seeds, "members": summaries, "state": state}
