@@ -5,15 +5,25 @@ from __future__ import annotations
 import dataclasses
 
 from luminet_jax.distillers import (
+    at,
     base,
     common,
     crd,
     dkd,
     feature_losses,
+    fitnet,
     kd,
+    kdsvd,
     logit_standardization,
     luminet,
+    nst,
+    ofd,
+    pkt,
+    reviewkd,
+    rkd,
+    sp,
     vanilla,
+    vid,
 )
 
 LossOutput = base.LossOutput
@@ -49,6 +59,16 @@ DISTILLERS = {
     "dkd_ls": logit_standardization.DKDLS,
     "crd": crd.CRD,
     "crd_kd": crd.CRDKD,
+    "fitnet": fitnet.FitNet,
+    "at": at.AT,
+    "rkd": rkd.RKD,
+    "pkt": pkt.PKT,
+    "sp": sp.SP,
+    "vid": vid.VID,
+    "nst": nst.NST,
+    "kdsvd": kdsvd.KDSVD,
+    "ofd": ofd.OFD,
+    "reviewkd": reviewkd.ReviewKD,
 }
 
 

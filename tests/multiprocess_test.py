@@ -1,0 +1,127 @@
+"""Several processes on 127.0.0.1: 2 processes x 4 CPU devices == 1 process x 8 devices.
+
+`python -m luminet_jax.main --coordinator_address ... --num_processes 2 --process_id I`
+(DESIGN.md section 8) joins the processes through `jax.distributed`; each process holds
+its share of every global batch, checkpoints, metrics and the summary are written once, and
+a SIGTERM to one process stops both at the same step with a saved checkpoint. A psum over
+2 x 4 devices is not bitwise the 1 x 8 one, so the comparison allows float32 reordering
+noise over a few steps. Slow (each process starts JAX and TensorFlow): run with -m slow.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import chex
+import image_data
+import numpy as np
+import pytest
+
+from luminet_jax import checkpoint, metrics_io
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _overrides(data: str, steps: int) -> list[str]:
+    values = {
+        "dataset.name": f"image_folder:{data}",
+        "student.name": "resnet8",
+        "batch_size": 16,
+        "eval_batch_size": 64,
+        "num_train_steps": steps,
+        "log_every_steps": 1,
+        "ckpt_every_steps": 2,
+        "schedule.base_lr": 0.1,
+    }
+    return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def _launch(workdir, data, steps, *, processes: int, devices: int, port: int | None = None):
+    env = dict(os.environ)
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=str(ROOT),
+    )
+    base = [sys.executable, "-m", "luminet_jax.main", "--config", "quickstart:teacher"]
+    base += ["--workdir", str(workdir), *_overrides(data, steps)]
+    if processes == 1:
+        return [subprocess.Popen(base, cwd=ROOT, env=env)]
+    flags = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", str(processes)]
+    return [
+        subprocess.Popen(base + flags + ["--process_id", str(i)], cwd=ROOT, env=env)
+        for i in range(processes)
+    ]
+
+
+def _wait(procs, timeout=600) -> list[int]:
+    deadline = time.time() + timeout
+    codes = []
+    for p in procs:
+        codes.append(p.wait(timeout=max(deadline - time.time(), 1)))
+    return codes
+
+
+def _losses(workdir) -> dict[int, float]:
+    return {
+        r["step"]: r["train/loss"]
+        for r in metrics_io.read_metrics(str(workdir))
+        if "train/loss" in r
+    }
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    return image_data.colour_folder(tmp_path_factory.mktemp("colour"), train=16, test=16)
+
+
+def test_two_processes_equal_one_and_resume(data, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _wait(_launch(one, data, 6, processes=1, devices=8)) == [0]
+    assert _wait(_launch(two, data, 4, processes=2, devices=4, port=_free_port())) == [0, 0]
+    want, got = _losses(one), _losses(two)
+    assert sorted(got) == [1, 2, 3, 4]  # written once, not once per process
+    np.testing.assert_allclose([got[s] for s in got], [want[s] for s in got], rtol=1e-4)
+    ckpt_two = checkpoint.Checkpointer(str(two))
+    assert ckpt_two.all_steps() == [2, 4]
+    one_at_4 = checkpoint.Checkpointer(str(one)).restore_raw(4)
+    chex.assert_trees_all_close(ckpt_two.restore_raw(4)["params"], one_at_4["params"], atol=2e-5)
+    # The 2-process run resumes from its step-4 checkpoint and continues as the 1-process run.
+    assert _wait(_launch(two, data, 6, processes=2, devices=4, port=_free_port())) == [0, 0]
+    got = _losses(two)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([got[5], got[6]], [want[5], want[6]], rtol=1e-4)
+    chex.assert_trees_all_close(
+        ckpt_two.restore_raw(6)["params"],
+        checkpoint.Checkpointer(str(one)).restore_raw(6)["params"],
+        atol=5e-5,
+    )
+    assert (two / "summary.json").exists()
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step(data, tmp_path):
+    workdir = tmp_path / "run"
+    procs = _launch(workdir, data, 100_000, processes=2, devices=4, port=_free_port())
+    deadline = time.time() + 300
+    while not _losses(workdir) and time.time() < deadline:  # wait for training to start
+        time.sleep(1)
+    assert _losses(workdir), "training did not start"
+    procs[1].send_signal(signal.SIGTERM)
+    codes = _wait(procs, timeout=300)
+    assert codes == [128 + signal.SIGTERM] * 2, codes
+    latest = checkpoint.Checkpointer(str(workdir)).latest_step()
+    assert latest is not None and latest == max(_losses(workdir))
