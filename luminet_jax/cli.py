@@ -88,9 +88,9 @@ class _ConfigNameParser(flags.ArgumentParser):
         return self._inner.flag_type()
 
 
-def accept_config_names(holder: flags.FlagHolder) -> None:
+def accept_config_names(holder: flags.FlagHolder, flag_values: flags.FlagValues = flags.FLAGS):
     """Lets a `config_flags.DEFINE_config_file` flag take shipped config names."""
-    flag = flags.FLAGS[holder.name]
+    flag = flag_values[holder.name]
     flag.parser = _ConfigNameParser(flag.parser)
 
 
@@ -122,7 +122,11 @@ def _drop_noise(record: logging.LogRecord) -> bool:
         message = str(record.msg)
     if any(message.startswith(noise) for noise in _NOISE):
         return False
-    if record.name in _PROBE_LOGGERS and record.levelno < logging.WARNING:
+    if record.levelno >= logging.WARNING:
+        return True
+    if f"{os.sep}orbax{os.sep}" in record.pathname:  # ~20 INFO lines per checkpoint
+        return False
+    if record.name in _PROBE_LOGGERS:
         return absl_logging.get_verbosity() >= absl_logging.DEBUG
     return True
 
@@ -130,17 +134,15 @@ def _drop_noise(record: logging.LogRecord) -> bool:
 def quiet_logs() -> None:
     """Hides the start-up noise of jax and orbax at the default verbosity (idempotent).
 
-    Call it before orbax is imported (its registry warning comes at import time).
+    Warnings stay, except the known harmless ones above. Call it before orbax is imported
+    (its registry warning comes at import time); it imports neither jax nor orbax.
     """
-    from luminet_jax import metrics_io  # noqa: PLC0415
-
     targets = [logging.getLogger("absl"), absl_logging.get_absl_handler()]
     targets += [logging.getLogger(name) for name in _PROBE_LOGGERS]
     for target in targets:
         if _drop_noise not in target.filters:
             target.addFilter(_drop_noise)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO lines on import
-    metrics_io.quiet_library_logs()
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,13 +155,16 @@ def command(module: str, script: str) -> str:
 
 
 def adopt_key_flags(module: str) -> None:
-    """Lists `module`'s flags in `--help` when started from a console-script wrapper.
+    """Lists `module`'s flags (and docstring) in `--help` when started from a console script.
 
     absl's --help shows the key flags of the main module, which it names by sys.argv[0];
     a console script's sys.argv[0] is the wrapper, which defines none.
     """
     for flag in flags.FLAGS.get_key_flags_for_module(module):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    main = sys.modules.get("__main__")
+    if main is not None and not main.__doc__:
+        main.__doc__ = sys.modules[module].__doc__
 
 
 def show_traceback() -> bool:

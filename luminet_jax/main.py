@@ -60,11 +60,11 @@ def main(argv):
         timeout_s=_INIT_TIMEOUT.value,
         multihost=_MULTIHOST.value,
     )
+    launch.initialize_distributed(distributed)
     config, workdir = _CONFIG.value, _WORKDIR.value
     config_file = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
     name = os.path.basename(config_file).removesuffix(".py")
     launch.preflight(config, config_name=name, prog=PROG)
-    launch.initialize_distributed(distributed)
     import jax  # noqa: PLC0415
 
     launch.check_batch(config, jax.device_count())
