@@ -50,6 +50,10 @@ EXPECTED_PARAMS = {
 }
 
 
+# Every other model is a CNN: feats["stage{i}_preact"] for every stage, and bn_before_relu.
+VITS = {"deit_tiny", "deit_small", "vit_compact"}
+
+
 def _num_classes(name: str) -> int:
     return 1000 if models.input_size(name) == 224 else 100
 
@@ -119,10 +123,33 @@ def test_output_shapes_and_feats(name):
     assert {"stem", "stage1", "pooled"} <= set(feats)
     stages = sorted(k for k in feats if k.startswith("stage") and not k.endswith("_preact"))
     assert stages == [f"stage{i}" for i in range(1, len(stages) + 1)]
-    preacts = {f"{k}_preact" for k in stages} & set(feats)  # CNNs: all (models_feats_test)
+    preacts = {f"{k}_preact" for k in stages} if name not in VITS else set()
     assert set(feats) == {"stem", "pooled", *stages, *preacts}
+    for key in preacts:  # values: tests/models_feats_test.py
+        chex.assert_equal_shape([feats[key], feats[key[: -len("_preact")]]])
     assert feats["pooled"].ndim == 2 and feats["pooled"].shape[0] == 2
     assert set(variables) <= {"params", "batch_stats"}
+
+
+@pytest.mark.parametrize("name", sorted(set(models.MODELS) - VITS))
+def test_bn_before_relu_has_one_batch_norm_per_stage(name):
+    _require(name)
+    variables, (_, feats) = _abstract_apply(name)
+    model = models.get_model(name, num_classes=_num_classes(name))
+    bns = jax.eval_shape(lambda v: models.bn_before_relu(model, v), variables)
+    stages = sorted(k for k in feats if k.startswith("stage") and not k.endswith("_preact"))
+    assert len(bns) == len(stages)
+    for stage, bn in zip(stages, bns):
+        channels = feats[f"{stage}_preact"].shape[-1]
+        assert {k: v.shape for k, v in bn.items()} == dict.fromkeys(
+            ("scale", "bias", "mean", "var"), (channels,)
+        )
+
+
+@pytest.mark.parametrize("name", sorted(VITS))
+def test_bn_before_relu_of_a_vit_raises(name):
+    with pytest.raises(ValueError, match=name):
+        models.bn_before_relu(models.get_model(name, num_classes=10), {})
 
 
 @pytest.mark.parametrize("name", ["resnet8", "vgg8"])

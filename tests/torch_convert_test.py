@@ -4,6 +4,8 @@ The reference modules below are written from the architecture descriptions (mdis
 CIFAR ResNet / ResNet50 / WRN / VGG, torchvision's ResNet18) with PyTorch's attribute names;
 random weights and random BatchNorm affine + running statistics make the eval-mode
 comparison sensitive to every converted tensor (layout, BN mean/var swap, padding).
+Each reference also has mdistiller's feature forward, `features(x) -> (logits, {"feats",
+"preact_feats", "pooled_feat"})`, and `get_bn_before_relu()` (tests/models_feats_test.py).
 """
 
 from __future__ import annotations
@@ -41,9 +43,35 @@ class CifarBasic(tnn.Module):
                 tnn.Conv2d(cin, planes, 1, stride, bias=False), tnn.BatchNorm2d(planes)
             )
 
-    def forward(self, x):
+    def forward_preact(self, x):
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+        preact = out + (x if self.downsample is None else self.downsample(x))
+        return F.relu(preact), preact
+
+    def forward(self, x):
+        return self.forward_preact(x)[0]
+
+
+def _stage(layer, x):
+    """A Sequential of blocks; returns (output, the last block's pre-activation)."""
+    for block in layer[:-1]:
+        x = block(x)
+    return layer[-1].forward_preact(x)
+
+
+def _resnet_features(net, stem, num_stages):
+    """mdistiller's ResNet feature forward: feats, preact_feats (stem first) and pooled."""
+    feats, preacts = [stem], [stem]
+    x = stem
+    for s in range(1, num_stages + 1):
+        x, pre = _stage(getattr(net, f"layer{s}"), x)
+        feats.append(x)
+        preacts.append(pre)
+    return x, {"feats": feats, "preact_feats": preacts}
+
+
+def _last_bns(net, num_stages, bn):
+    return [getattr(getattr(net, f"layer{s}")[-1], bn) for s in range(1, num_stages + 1)]
 
 
 class CifarResNet(tnn.Module):
@@ -66,6 +94,14 @@ class CifarResNet(tnn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(F.avg_pool2d(x, 8).flatten(1))
 
+    def features(self, x):
+        x, feats = _resnet_features(self, F.relu(self.bn1(self.conv1(x))), 3)
+        feats["pooled_feat"] = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(feats["pooled_feat"]), feats
+
+    def get_bn_before_relu(self):
+        return _last_bns(self, 3, "bn2")
+
 
 class Bottleneck(tnn.Module):
     def __init__(self, cin, planes, stride, shortcut_name):
@@ -84,12 +120,16 @@ class Bottleneck(tnn.Module):
         self.shortcut_name = shortcut_name
         setattr(self, shortcut_name, proj)
 
-    def forward(self, x):
+    def forward_preact(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         proj = getattr(self, self.shortcut_name)
-        return F.relu(out + (x if proj is None else proj(x)))
+        preact = out + (x if proj is None else proj(x))
+        return F.relu(preact), preact
+
+    def forward(self, x):
+        return self.forward_preact(x)[0]
 
 
 class CifarResNet50(tnn.Module):
@@ -113,6 +153,14 @@ class CifarResNet50(tnn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
+    def features(self, x):
+        x, feats = _resnet_features(self, F.relu(self.bn1(self.conv1(x))), 4)
+        feats["pooled_feat"] = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.linear(feats["pooled_feat"]), feats
+
+    def get_bn_before_relu(self):
+        return _last_bns(self, 4, "bn3")
+
 
 class ImageNetResNet18(tnn.Module):
     def __init__(self, num_classes):
@@ -132,6 +180,17 @@ class ImageNetResNet18(tnn.Module):
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+    def features(self, x):
+        # mdistiller's ImageNet ResNet: preact_feats[i] is block output before its ReLU (its
+        # preact_feats[0], the stem BN before ReLU, is not compared: see models/resnet.py).
+        stem = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        x, feats = _resnet_features(self, stem, 4)
+        feats["pooled_feat"] = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(feats["pooled_feat"]), feats
+
+    def get_bn_before_relu(self):
+        return _last_bns(self, 4, "bn2")  # all four stages (mdistiller's lists stages 2-4)
 
 
 class WideBlock(tnn.Module):
@@ -177,6 +236,23 @@ class WideResNet(tnn.Module):
         x = self.block3(self.block2(self.block1(self.conv1(x))))
         return self.fc(F.avg_pool2d(F.relu(self.bn1(x)), 8).flatten(1))
 
+    def features(self, x):
+        f0 = self.conv1(x)
+        f1 = self.block1(f0)
+        f2 = self.block2(f1)
+        f3 = self.block3(f2)
+        pooled = F.adaptive_avg_pool2d(F.relu(self.bn1(f3)), 1).flatten(1)
+        # As mdistiller: the next BatchNorm that sees each stage, applied to it.
+        preacts = [f0, *(bn(f) for bn, f in zip(self.get_bn_before_relu(), (f1, f2, f3)))]
+        return self.fc(pooled), {
+            "feats": [f0, f1, f2, f3],
+            "preact_feats": preacts,
+            "pooled_feat": pooled,
+        }
+
+    def get_bn_before_relu(self):
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
 
 class VGG(tnn.Module):
     def __init__(self, cfg, num_classes):
@@ -199,6 +275,28 @@ class VGG(tnn.Module):
             if b < 3:
                 x = F.max_pool2d(x, 2, 2)
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+    def features(self, x):
+        h = x.shape[2]
+        feats, preacts = [], []
+        for b in range(5):
+            if b == 4 and h == 64:
+                x = F.max_pool2d(x, 2, 2)
+            pre = getattr(self, f"block{b}")(x)
+            x = F.relu(pre)
+            feats.append(x)
+            preacts.append(x if b == 0 else pre)  # mdistiller: preact_feats[0] = f0
+            if b < 3:
+                x = F.max_pool2d(x, 2, 2)
+        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.classifier(pooled), {
+            "feats": feats,
+            "preact_feats": preacts,
+            "pooled_feat": pooled,
+        }
+
+    def get_bn_before_relu(self):
+        return [getattr(self, f"block{b}")[-1] for b in range(1, 5)]
 
 
 REFERENCES = {

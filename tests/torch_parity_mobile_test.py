@@ -6,7 +6,9 @@ VisionTransformer) with the PyTorch attribute names. Their parameter counts are 
 against DESIGN.md's table, which shows they are the right architectures. Random weights and
 random BatchNorm / LayerNorm affine parameters and running statistics make the comparison
 sensitive to every converted tensor (layout, grouping, channel-shuffle order, mean/var swap).
-Conversion goes through the public `models.from_torch`.
+Conversion goes through the public `models.from_torch`. The CNN references also have
+mdistiller's feature forward, `features(x) -> (logits, {"feats", "preact_feats",
+"pooled_feat"})`, and `get_bn_before_relu()` (tests/models_feats_test.py).
 """
 
 from __future__ import annotations
@@ -47,12 +49,30 @@ class ShuffleV1Unit(tnn.Module):
         self.conv2, self.bn2 = _conv(mid, mid, 3, stride, groups=mid), tnn.BatchNorm2d(mid)
         self.conv3, self.bn3 = _conv(mid, cout, 1, groups=groups), tnn.BatchNorm2d(cout)
 
-    def forward(self, x):
+    def forward_preact(self, x):
         y = _shuffle(F.relu(self.bn1(self.conv1(x))), self.g1)
         y = self.bn3(self.conv3(F.relu(self.bn2(self.conv2(y)))))
-        if self.stride == 2:
-            return F.relu(torch.cat([y, F.avg_pool2d(x, 3, 2, 1)], 1))
-        return F.relu(y + x)
+        pre = torch.cat([y, F.avg_pool2d(x, 3, 2, 1)], 1) if self.stride == 2 else y + x
+        return F.relu(pre), pre
+
+    def forward(self, x):
+        return self.forward_preact(x)[0]
+
+
+def _stage(layer, x):
+    """A Sequential of units; returns (output, the last unit's pre-activation)."""
+    for unit in layer[:-1]:
+        x = unit(x)
+    return layer[-1].forward_preact(x)
+
+
+def _three_stage_features(net, stem):
+    feats, preacts, x = [stem], [stem], stem
+    for layer in (net.layer1, net.layer2, net.layer3):
+        x, pre = _stage(layer, x)
+        feats.append(x)
+        preacts.append(pre)
+    return x, {"feats": feats, "preact_feats": preacts}
 
 
 class ShuffleV1(tnn.Module):
@@ -73,6 +93,15 @@ class ShuffleV1(tnn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.linear(F.avg_pool2d(x, 4).flatten(1))
 
+    def features(self, x):
+        x, feats = _three_stage_features(self, F.relu(self.bn1(self.conv1(x))))
+        feats["pooled_feat"] = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.linear(feats["pooled_feat"]), feats
+
+    def get_bn_before_relu(self):
+        # mdistiller's ShuffleV1 raises NotImplementedError; the last unit adds x to bn3.
+        return [layer[-1].bn3 for layer in (self.layer1, self.layer2, self.layer3)]
+
 
 # ----------------------------------------------------------------------------------------
 # ShuffleNetV2 (net_size 1: 116/232/464 + 1x1 conv to 1024, blocks 3/7/3, 1x1 stem of 24).
@@ -86,11 +115,15 @@ class ShuffleV2Basic(tnn.Module):
         self.conv2, self.bn2 = _conv(c, c, 3, groups=c), tnn.BatchNorm2d(c)
         self.conv3, self.bn3 = _conv(c, c, 1), tnn.BatchNorm2d(c)
 
-    def forward(self, x):
+    def forward_preact(self, x):
         c = x.shape[1] // 2
         a, b = x[:, :c], x[:, c:]
-        b = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(b)))))
-        return _shuffle(torch.cat([a, F.relu(self.bn3(self.conv3(b)))], 1), 2)
+        b = self.bn3(self.conv3(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(b)))))))
+        # mdistiller's preact: cat([x1, bn3(.)]) before the ReLU and before the shuffle.
+        return _shuffle(torch.cat([a, F.relu(b)], 1), 2), torch.cat([a, b], 1)
+
+    def forward(self, x):
+        return self.forward_preact(x)[0]
 
 
 class ShuffleV2Down(tnn.Module):
@@ -127,6 +160,12 @@ class ShuffleV2(tnn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         return self.linear(F.avg_pool2d(x, 4).flatten(1))
+
+    def features(self, x):
+        x, feats = _three_stage_features(self, F.relu(self.bn1(self.conv1(x))))
+        pooled = F.adaptive_avg_pool2d(F.relu(self.bn2(self.conv2(x))), 1).flatten(1)
+        feats["pooled_feat"] = pooled
+        return self.linear(pooled), feats
 
 
 # ----------------------------------------------------------------------------------------
@@ -177,6 +216,24 @@ class MobileHalf(tnn.Module):
         x = F.avg_pool2d(self.conv2(x), 2, ceil_mode=True)
         return self.classifier(x.flatten(1))
 
+    def features(self, x):
+        # mdistiller has no preact_feats here; ours are the stage outputs (linear blocks).
+        x = self.conv1(x)
+        feats = [x]
+        for g, block in enumerate(self.blocks):
+            x = block(x)
+            if g in (1, 2, 4, 6):
+                feats.append(x)
+        pooled = F.adaptive_avg_pool2d(self.conv2(x), 1).flatten(1)
+        return self.classifier(pooled), {
+            "feats": feats,
+            "preact_feats": feats,
+            "pooled_feat": pooled,
+        }
+
+    def get_bn_before_relu(self):
+        return [self.blocks[g][-1].conv[-1] for g in (1, 2, 4, 6)]
+
 
 # ----------------------------------------------------------------------------------------
 # MobileNetV1 (ImageNet; model.0 = stem, model.1..13 = depthwise-separable, model.14 = pool).
@@ -201,6 +258,25 @@ class MobileNetV1(tnn.Module):
 
     def forward(self, x):
         return self.fc(self.model(x).flatten(1))
+
+    def features(self, x):
+        # mdistiller's: preact_feats = the pointwise BN outputs of blocks 3, 5, 11, 13 (no
+        # stem entry); any input size (adaptive pooling instead of AvgPool2d(7)).
+        preacts = []
+        for k in range(14):
+            block = self.model[k]
+            if k in (3, 5, 11, 13):
+                pre = block[:-1](x)
+                preacts.append(pre)
+                x = F.relu(pre)
+            else:
+                x = block(x)
+        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        feats = [F.relu(p) for p in preacts]
+        return self.fc(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
+
+    def get_bn_before_relu(self):
+        return [self.model[k][-2] for k in (3, 5, 11, 13)]
 
 
 # ----------------------------------------------------------------------------------------
