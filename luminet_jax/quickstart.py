@@ -23,7 +23,7 @@ import time
 
 from absl import app, flags, logging
 
-from luminet_jax import cli
+from luminet_jax import cli, launch
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where the three runs go (default: a new temporary directory)."
@@ -62,18 +62,25 @@ def main(argv):
 
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="luminet_quickstart_")
     start = time.time()
+
+    def train_one(config, run_dir):
+        launch.write_config(config, run_dir)  # for luminet-report
+        return train.train_and_evaluate(config, run_dir)
+
     teacher_dir = os.path.join(workdir, "teacher")
     logging.info("Quickstart in %s: training the teacher (%s).", workdir, quickstart.TEACHER)
-    summary = train.train_and_evaluate(quickstart.get_config(_arg("teacher")), teacher_dir)
+    summary = train_one(quickstart.get_config(_arg("teacher")), teacher_dir)
     rows = [(quickstart.TEACHER, "teacher (vanilla)", summary)]
     for method in _METHODS.value:
         logging.info("Quickstart: distilling %s with %s.", quickstart.STUDENT, method)
         config = quickstart.get_config(_arg(method))
         config.teacher.checkpoint = teacher_dir
-        summary = train.train_and_evaluate(config, os.path.join(workdir, method))
+        summary = train_one(config, os.path.join(workdir, method))
         rows.append((quickstart.STUDENT, method, summary))
     table = format_table(rows)
     print(f"\n{table}\n\nTotal wall time {time.time() - start:.0f} s; runs in {workdir}")
+    report = "luminet-report" if PROG == "luminet-quickstart" else "python -m luminet_jax.report"
+    print(f"Curves and the table again: {report} {workdir}")
 
 
 PROG = cli.command("luminet_jax.quickstart", "luminet-quickstart")
