@@ -52,10 +52,15 @@ def _setup(seed=0, batch=B, **hparams):
     all_labels = np.arange(N) % CLASSES
     rng.shuffle(all_labels)
     b = _batch(rng, all_labels, batch)
-    feats = ({"pooled": b["s_pooled"]}, {"pooled": b["t_pooled"]})
-    extra = _f64(d.init(jax.random.key(seed), *feats, num_train=N))
+    extra = _init(jax.random.key(seed), b["s_pooled"], b["t_pooled"])
     extra["state"] = d.data_state(extra["state"], all_labels)
     return d, extra, b, all_labels
+
+
+@jax.jit
+def _init(rng, s_pooled, t_pooled):  # init does not depend on the sampling hyperparameters
+    d = distillers.get_distiller("crd", feat_dim=DIM)
+    return _f64(d.init(rng, {"pooled": s_pooled}, {"pooled": t_pooled}, num_train=N))
 
 
 def _loss(params, state, b, *, d, axis_name=None):
@@ -64,23 +69,51 @@ def _loss(params, state, b, *, d, axis_name=None):
         s_feats={"pooled": b["s_pooled"]}, t_feats={"pooled": b["t_pooled"]},
         index=b["index"], extra={"params": params, "state": state}, rng=b["rng"],
     )  # fmt: skip
-    return out.total, (out.parts, out.state)
+    idx = None  # the contrast index the distiller drew (one device only)
+    if axis_name is None:
+        idx = crd.crd_contrast_index(
+            b["rng"], b["index"], b["labels"], state["order"], state["sorted_labels"],
+            num_negatives=d.num_negatives, mode=d.mode, replace=d.replace,
+        )  # fmt: skip
+    return out.total, (out.parts, out.state, idx)
 
 
 _grad = jax.value_and_grad(_loss, has_aux=True)  # w.r.t. the embeddings' params
 _step = jax.jit(_grad, static_argnames=("d", "axis_name"))
 
 
-_contrast_index = jax.jit(
-    crd.crd_contrast_index, static_argnames=("num_negatives", "mode", "replace")
-)
+@jax.jit
+def _indices(b, state):
+    """The contrast index of `b` in each sampling variant the tests check, in one program."""
+    return {
+        (mode, k, replace): crd.crd_contrast_index(
+            b["rng"],
+            b["index"],
+            b["labels"],
+            state["order"],
+            state["sorted_labels"],
+            num_negatives=k,
+            mode=mode,
+            replace=replace,
+        )  # fmt: skip
+        for mode, k, replace in VARIANTS
+    }
 
 
-def _index(d, state, b):
-    return _contrast_index(
-        b["rng"], b["index"], b["labels"], state["order"], state["sorted_labels"],
-        num_negatives=d.num_negatives, mode=d.mode, replace=d.replace,
-    )  # fmt: skip
+VARIANTS = (("relax", K, False), ("exact", 35, False), ("exact", K, True))
+
+
+@jax.jit
+def _pure(params, state, b, idx, z_s, z_t):
+    """The public pure functions on the batch: scores, NCE loss, one memory update."""
+    v_s = crd.embed(params["embed_s"], b["s_pooled"])
+    v_t = crd.embed(params["embed_t"], b["t_pooled"])
+    out = crd.crd_contrast(
+        v_s, v_t, state["memory_s"], state["memory_t"], idx, temperature=TEMP, z_s=z_s, z_t=z_t
+    )
+    nce = crd.crd_nce_loss(out[0], num_data=N) + crd.crd_nce_loss(out[1], num_data=N)
+    memory_s = crd.crd_update_memory(state["memory_s"], v_s, b["index"], momentum=MOMENTUM)
+    return out, 0.8 * nce, memory_s
 
 
 # An independent float64 NumPy CRD (mdistiller's Embed, ContrastMemory, ContrastLoss).
@@ -130,9 +163,8 @@ def np_crd(params, state, b, idx, *, z_s=None, z_t=None):
 
 
 def test_crd_step_equals_numpy_float64():
-    d, extra, b, _ = _setup()
-    (total, (parts, new_state)), grads = _step(extra["params"], extra["state"], b, d=d)
-    idx = _index(d, extra["state"], b)
+    d, extra, b, all_labels = _setup()
+    (total, (parts, new_state, idx)), grads = _step(extra["params"], extra["state"], b, d=d)
     loss, want_grads, (ms, mt), z_s, z_t, out_s, out_t = np_crd(
         extra["params"], extra["state"], b, idx
     )
@@ -143,56 +175,44 @@ def test_crd_step_equals_numpy_float64():
     np.testing.assert_allclose(new_state["memory_s"], ms, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(new_state["memory_t"], mt, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose([new_state["z_s"], new_state["z_t"]], [z_s, z_t], rtol=1e-6)
-    # The public pure functions give the same scores and memory.
-    v_s = crd.embed(extra["params"]["embed_s"], b["s_pooled"])
-    v_t = crd.embed(extra["params"]["embed_t"], b["t_pooled"])
-    st = extra["state"]
-    got = crd.crd_contrast(
-        v_s, v_t, st["memory_s"], st["memory_t"], idx, temperature=TEMP, z_s=z_s, z_t=z_t
-    )
+    # The public pure functions give the same scores, loss and memory.
+    got, nce, memory_s = _pure(extra["params"], extra["state"], b, idx, z_s, z_t)
     chex.assert_trees_all_close(got, (out_s, out_t), rtol=1e-6)
-    np.testing.assert_allclose(
-        0.8 * (crd.crd_nce_loss(got[0], num_data=N) + crd.crd_nce_loss(got[1], num_data=N)),
-        loss, rtol=1e-6,
-    )  # fmt: skip
-    upd = crd.crd_update_memory(st["memory_s"], v_s, b["index"], momentum=MOMENTUM)
-    np.testing.assert_allclose(upd, ms, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(nce, loss, rtol=1e-6)
+    np.testing.assert_allclose(memory_s, ms, rtol=1e-6, atol=1e-12)
+    # Exact mode: the sample itself, then K distinct samples of the other classes.
+    _check_index(np.asarray(idx), b, all_labels, "exact", K)
 
 
 def test_gather_and_matmul_scores_agree(monkeypatch):
-    d, extra, b, _ = _setup()
+    _, extra, b, _ = _setup()
     v = crd.embed(extra["params"]["embed_s"], b["s_pooled"])
-    idx = _index(d, extra["state"], b)
+    idx = jnp.asarray(np.random.default_rng(1).integers(0, N, (B, K + 1)), jnp.int32)
     mem = extra["state"]["memory_t"]
     score = lambda v: crd.crd_exp_scores(v, mem, idx, temperature=TEMP)  # noqa: E731
-    want = jax.value_and_grad(lambda v: jnp.sum(jnp.log(score(v)) ** 2))(v)
-    monkeypatch.setattr(crd, "MATMUL_MAX_ROWS_PER_COLUMN", 0)  # force the gather path
-    got = jax.value_and_grad(lambda v: jnp.sum(jnp.log(score(v)) ** 2))(v)
+    fn = lambda v: jnp.sum(jnp.log(score(v)) ** 2)  # noqa: E731
+    want = jax.jit(jax.value_and_grad(fn))(v)
+    monkeypatch.setattr(crd, "MATMUL_MAX_ROWS_PER_COLUMN", 0)  # the gather path
+    got = jax.jit(jax.value_and_grad(fn))(v)
     chex.assert_trees_all_close(got, want, rtol=1e-10)
 
 
 def test_z_is_set_once():
     d, extra, b, all_labels = _setup()
-    (_, (_, state1)), _ = _step(extra["params"], extra["state"], b, d=d)
+    (_, (_, state1, _)), _ = _step(extra["params"], extra["state"], b, d=d)
     assert float(state1["z_s"]) > 0 and float(state1["z_t"]) > 0
     b2 = _batch(np.random.default_rng(5), all_labels, B)
-    (_, (parts2, state2)), _ = _step(extra["params"], state1, b2, d=d)
+    (_, (parts2, state2, idx2)), _ = _step(extra["params"], state1, b2, d=d)
     assert float(state2["z_s"]) == float(state1["z_s"])
     assert float(state2["z_t"]) == float(state1["z_t"])
     # The second step scores with the kept Z, on the memory after the first update.
-    idx = _index(d, state1, b2)
     loss, *_ = np_crd(
-        extra["params"], state1, b2, idx, z_s=float(state1["z_s"]), z_t=float(state1["z_t"])
+        extra["params"], state1, b2, idx2, z_s=float(state1["z_s"]), z_t=float(state1["z_t"])
     )
     np.testing.assert_allclose(parts2["loss_kd"], loss, rtol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "mode, num_negatives", [("exact", K), ("relax", K), ("exact", 35)]
-)  # 35 > the 30 samples of the other classes: drawn with replacement, as the reference
-def test_contrast_index_negatives_are_other_classes(mode, num_negatives):
-    d, extra, b, all_labels = _setup(mode=mode, num_negatives=num_negatives)
-    idx = np.asarray(_index(d, extra["state"], b))
+def _check_index(idx, b, all_labels, mode, num_negatives, replace=False):
     labels = np.asarray(b["labels"])
     assert idx.shape == (B, num_negatives + 1)
     if mode == "exact":
@@ -200,15 +220,17 @@ def test_contrast_index_negatives_are_other_classes(mode, num_negatives):
     else:  # a sample of the same class
         np.testing.assert_array_equal(all_labels[idx[:, 0]], labels)
     assert np.all(all_labels[idx[:, 1:]] != labels[:, None])
-    if num_negatives <= 30:  # without replacement, as np.random.choice(replace=False)
+    if num_negatives <= 30 and not replace:  # as np.random.choice(replace=False)
         assert all(len(set(row)) == num_negatives for row in idx[:, 1:])
 
 
-def test_replace_draws_other_classes():
-    d, extra, b, all_labels = _setup(replace=True)
-    idx = np.asarray(_index(d, extra["state"], b))
-    np.testing.assert_array_equal(idx[:, 0], np.asarray(b["index"]))
-    assert np.all(all_labels[idx[:, 1:]] != np.asarray(b["labels"])[:, None])
+# 35 > the 30 samples of the other classes: drawn with replacement, as the reference.
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_contrast_index_negatives_are_other_classes(variant):
+    _, extra, b, all_labels = _setup()
+    idx = np.asarray(_indices(b, extra["state"])[variant])
+    mode, num_negatives, replace = variant
+    _check_index(idx, b, all_labels, mode, num_negatives, replace)
 
 
 def test_missing_labels_or_index_raise():
@@ -224,7 +246,7 @@ def test_eight_devices_equal_one():
     assert jax.device_count() >= 8
     mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
     d, extra, b, _ = _setup()  # one row per device
-    want = _step(extra["params"], extra["state"], b, d=d)
+    (loss, (parts, state, _)), grads = _step(extra["params"], extra["state"], b, d=d)
     specs = {k: (P() if k == "rng" else P("data")) for k in b}
     sharded = jax.jit(
         jax.shard_map(
@@ -234,8 +256,13 @@ def test_eight_devices_equal_one():
             out_specs=P(),
         )
     )
-    got = sharded(extra["params"], extra["state"], b)
-    chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-13)
+    (got_loss, (got_parts, got_state, _)), got_grads = sharded(extra["params"], extra["state"], b)
+    chex.assert_trees_all_close(
+        (got_loss, got_parts, got_state, got_grads),
+        (loss, parts, state, grads),
+        rtol=1e-10,
+        atol=1e-13,
+    )
 
 
 def test_extra_parameters_resnet32x4_to_resnet8x4():
@@ -257,8 +284,8 @@ def test_extra_parameters_resnet32x4_to_resnet8x4():
 def test_crd_kd_adds_hinton_kd():
     d, extra, b, _ = _setup()
     dkd = distillers.get_distiller("crd_kd", num_negatives=K, feat_dim=DIM, temperature=TEMP)
-    (total, (parts, _)), _ = _step(extra["params"], extra["state"], b, d=dkd)
-    (_, (base_parts, _)), _ = _step(extra["params"], extra["state"], b, d=d)
+    (total, (parts, _, _)), _ = _step(extra["params"], extra["state"], b, d=dkd)
+    (_, (base_parts, _, _)), _ = _step(extra["params"], extra["state"], b, d=d)
     want_kd = distillers.kd_loss(b["s_logits"], b["t_logits"], temperature=4.0)
     np.testing.assert_allclose(parts["loss_logit_kd"], want_kd, rtol=1e-6)
     np.testing.assert_allclose(parts["loss_kd"], base_parts["loss_kd"], rtol=1e-6)
