@@ -1,7 +1,7 @@
 """stage{i}_preact and bn_before_relu of the CNN zoo against the PyTorch references.
 
-The references are the parity tests' own modules (torch_convert_test.py,
-torch_parity_mobile_test.py) with random weights, BatchNorm affines and running statistics;
+The references are the parity tests' own modules (torch_refs_cifar.py,
+torch_refs_mobile.py) with random weights, BatchNorm affines and running statistics;
 their `features(x)` follows mdistiller's forward (`feats`, `preact_feats`, `pooled_feat`),
 their `get_bn_before_relu()` mdistiller's method. Weights go through `models.from_torch`.
 Inputs are 16x16, batch 2. The ResNets, WRN and VGG run in float64 (jax x64, torch double)
@@ -24,8 +24,8 @@ from luminet_jax.models import layers
 
 torch = pytest.importorskip("torch")
 
-import torch_convert_test as conv_refs  # noqa: E402
 import torch_parity_mobile_test as mobile_refs  # noqa: E402
+import torch_refs_cifar as conv_refs  # noqa: E402
 
 SIZE, BATCH = 16, 2
 FLOAT32 = {"shufflenet_v1", "shufflenet_v2", "mobilenet_v2", "mobilenet_v1"}
