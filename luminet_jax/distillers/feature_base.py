@@ -166,10 +166,13 @@ pool_to_smaller = feature_losses.pool_to_smaller
 
 def nearest_resize(x: jax.Array, size: int) -> jax.Array:
     """(B, H, W, C) -> (B, size, size, C), PyTorch's `interpolate(mode="nearest")`."""
-    if x.shape[1:3] == (size, size):
+    h, w = x.shape[1:3]
+    if (h, w) == (size, size):
         return x
-    rows = (np.arange(size) * x.shape[1]) // size  # floor(dst * in / out)
-    cols = (np.arange(size) * x.shape[2]) // size
+    if size % h == 0 and size % w == 0:  # An integer upsampling: repeat (no gather).
+        return jnp.repeat(jnp.repeat(x, size // h, axis=1), size // w, axis=2)
+    rows = (np.arange(size) * h) // size  # floor(dst * in / out)
+    cols = (np.arange(size) * w) // size
     return x[:, rows][:, :, cols]
 
 
