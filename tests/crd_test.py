@@ -312,3 +312,26 @@ def test_hash_stream_values_are_distinct():
     h = np.asarray(crd_sampling._hash_stream(seeds, 1 << 16))
     assert len(np.unique(h)) == 1 << 16
     assert 0.45 < np.mean(h >> 31) < 0.55  # the top bit is balanced
+
+
+def test_negatives_are_uniform_over_the_other_classes():
+    """Over 4,000 rows of one sample, each of the 30 other-class samples and each pair of
+    them is drawn equally often (chi-square within 5 sigma; a fixed key, so exact)."""
+    rows = 4000
+    labels = np.arange(N) % CLASSES
+    state = crd.sample_label_state(labels)
+    zeros = jnp.zeros(rows, jnp.int32)  # sample 0, class 0, in every row
+    draw = jax.jit(lambda key: crd.crd_contrast_index(
+        key, zeros, zeros, state["order"], state["sorted_labels"], num_negatives=K
+    ))  # fmt: skip
+    onehot = np.zeros((rows, N))
+    np.put_along_axis(onehot, np.asarray(draw(jax.random.key(3)))[:, 1:], 1.0, axis=1)
+    pool = np.flatnonzero(labels != 0)
+    counts = onehot.sum(0)[pool]
+    expected = rows * K / len(pool)
+    df = len(pool) - 1
+    assert ((counts - expected) ** 2 / expected).sum() < df + 5 * np.sqrt(2 * df)
+    pairs = (onehot.T @ onehot)[np.ix_(pool, pool)][np.triu_indices(len(pool), 1)]
+    expected = rows * K * (K - 1) / (len(pool) * (len(pool) - 1))
+    df = len(pairs) - 1
+    assert ((pairs - expected) ** 2 / expected).sum() < df + 5 * np.sqrt(2 * df)
