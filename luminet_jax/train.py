@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 
 from luminet_jax import (
+    assemble,
     checkpoint,
     distillers,
     evaluation,
@@ -41,86 +42,8 @@ from luminet_jax import state as state_lib
 AXIS = sharding.DATA_AXIS
 
 
-def _names(text: str) -> list[str]:
-    """Splits a comma-separated config string ("" -> [])."""
-    return [part.strip() for part in str(text or "").split(",") if part.strip()]
-
-
 def _variables(state: state_lib.TrainState) -> dict[str, Any]:
     return {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def _init_distiller(
-    distiller: Any,
-    rng: jax.Array,
-    *,
-    student: tuple[Any, Any],
-    teacher: tuple[Any, Any] | None,
-    image_size: int,
-    num_train: int,
-    names: tuple[str, str],
-) -> dict[str, Any]:
-    """A distiller's learnable parts and state (`distiller.init`), from features of a dummy
-    batch at the run's image size; {} for distillers without them.
-
-    A feature key the models lack raises a KeyError naming the models.
-    """
-    if not hasattr(distiller, "init"):
-        return {}
-    dummy = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
-    s_module, s_vars = student
-    _, s_feats = s_module.apply(s_vars, dummy, train=False)
-    t_module, t_vars, t_feats = None, None, None
-    if teacher is not None:
-        t_module, t_vars = teacher
-        _, t_feats = t_module.apply(t_vars, dummy, train=False)
-    try:
-        return distiller.init(
-            rng,
-            s_feats,
-            t_feats,
-            teacher_variables=t_vars,
-            num_train=num_train,
-            teacher=t_module,
-        )
-    except KeyError as e:
-        raise KeyError(
-            f"{type(distiller).__name__} with student {names[0]!r} and teacher "
-            f"{names[1] or 'none'!r}: {e.args[0] if e.args else e}"
-        ) from e
-
-
-def _build_teacher(
-    teacher_cfg: ml_collections.ConfigDict, *, num_classes: int, image_size: int, dtype: Any
-) -> tuple[Any, Any, str]:
-    """The teacher module (an ensemble for several names) and its loaded variables."""
-    names, paths = _names(teacher_cfg.name), _names(teacher_cfg.checkpoint)
-    # Further keys of the teacher section are model fields (e.g. a ViT's patch_size).
-    model_kwargs = {k: v for k, v in teacher_cfg.items() if k not in ("name", "checkpoint")}
-    if not names:
-        raise ValueError("The distiller uses a teacher but config.teacher.name is empty.")
-    if len(paths) != len(names):
-        raise ValueError(
-            f"config.teacher.checkpoint must give one path per teacher ({names}), got "
-            f"{paths or 'none'}; set --config.teacher.checkpoint=PATH[,PATH...] (an orbax "
-            "dir, a PyTorch-keyed .npz, or a teacher run's workdir)."
-        )
-    members = [
-        models.get_model(name, num_classes=num_classes, dtype=dtype, axis_name=AXIS, **model_kwargs)
-        for name in names
-    ]
-    member_vars = []
-    for name, path in zip(names, paths):
-        logging.info("Loading teacher %s from %s", name, path)
-        member_vars.append(
-            checkpoint.load_teacher(
-                path, name, num_classes=num_classes, image_size=image_size, **model_kwargs
-            )
-        )
-    if len(members) == 1:
-        return members[0], member_vars[0], names[0]
-    ensemble = models.make_ensemble(members)
-    return ensemble, ensemble.combine_variables(member_vars), "+".join(names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +54,7 @@ class _Data:
     image_size: int
     train_batches: Callable[[int], Callable[[int], Any]]  # start_step -> (step -> batch)
     eval_batches: Callable[[], Iterator[dict[str, jax.Array]]]  # a fresh pass each call
+    train_labels: Callable[[], np.ndarray]  # labels indexed like the batches' "index"
 
 
 def _make_data(
@@ -172,6 +96,7 @@ def _make_data(
             steps_per_epoch=train.steps_per_epoch,
             image_size=images.shape[1],
             train_batches=lambda start_step: train.batch,
+            train_labels=lambda: labels,
             eval_batches=lambda: to_global(
                 device_data.eval_batches(
                     *eval_arrays, eval_batch_size, mean=info.mean, std=info.std
@@ -205,6 +130,7 @@ def _make_data(
         image_size=image_size or info.image_size,
         train_batches=train_batches,
         eval_batches=lambda: to_global(input_pipeline.make_eval_iter(ds.name, **eval_kwargs)),
+        train_labels=lambda: input_pipeline.train_labels(ds.name, data_dir),
     )
 
 
@@ -268,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     teacher, teacher_vars, teacher_name = None, None, ""
     if uses_teacher:
-        teacher, teacher_vars, teacher_name = _build_teacher(
+        teacher, teacher_vars, teacher_name = assemble.build_teacher(
             config.teacher,
             num_classes=num_classes,
             image_size=ds.image_size or info.image_size,
@@ -301,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def init(seed, teacher_variables):
         s_rng, d_rng = jax.random.split(jax.random.key(seed))
         variables = student.init(s_rng, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
-        extra = _init_distiller(
+        extra = assemble.init_distiller(
             distiller,
             d_rng,
             student=(student, variables),
@@ -319,8 +245,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = jax.jit(init_fn, out_shardings=sharding.replicated(mesh))(
         jnp.asarray(member_seeds if seeds else config.seed, jnp.uint32), teacher_vars
     )
-    ckpts = [checkpoint.Checkpointer(w, max_to_keep=config.keep_checkpoints) for w in workdirs]
     view = (lambda tree, k: members.member(tree, k)) if seeds else (lambda tree, k: tree)
+    if hasattr(distiller, "data_state"):  # e.g. CRD's sampler: the labels of every sample
+        train_labels = data.train_labels()
+        with_labels = [
+            view(state, k).replace(
+                extra_state=distiller.data_state(view(state, k).extra_state, train_labels)
+            )
+            for k in range(len(member_seeds))
+        ]
+        rep = sharding.replicated(mesh)
+        state = members.stack(with_labels, mesh) if seeds else jax.device_put(with_labels[0], rep)
+    ckpts = [checkpoint.Checkpointer(w, max_to_keep=config.keep_checkpoints) for w in workdirs]
     restored = [c.restore_or(view(state, k)) for k, c in enumerate(ckpts)]
     starts = sorted({int(jax.device_get(r.step)) for r in restored})
     if len(starts) > 1:

@@ -129,6 +129,10 @@ def test_each_epoch_visits_every_example_once(folder):
     ids = np.concatenate(epochs)
     np.testing.assert_array_equal(np.sort(index[:NUM_TRAIN]), np.arange(NUM_TRAIN))
     assert len(set(zip(index.tolist(), ids.tolist()))) == NUM_TRAIN
+    # train_labels is indexed like "index" (read without decoding images).
+    by_index = input_pipeline.train_labels(folder)
+    assert by_index.shape == (NUM_TRAIN,)
+    np.testing.assert_array_equal(by_index[index], np.concatenate([b["label"] for b in batches]))
     labels = np.concatenate([b["label"] for b in batches[:5]])
     np.testing.assert_array_equal(labels, epochs[0] // TRAIN_PER_CLASS)  # sorted class folders
 

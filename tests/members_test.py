@@ -19,6 +19,7 @@ import pytest
 from steps_test import SPE, TinyCNN, _setup
 from train_test import _config, _losses
 
+from experiments.common import results
 from luminet_jax import members, metrics_io, sharding, steps, train
 
 
@@ -97,14 +98,13 @@ def _members_config(method="teacher", *, seeds="", seed=0, data, steps=4, **kw):
 
 
 def test_three_seeds_in_one_job_equal_three_runs(colour_data, tmp_path):
-    job = train.train_and_evaluate(
-        _members_config(seeds="0,1,2", data=colour_data), str(tmp_path / "job")
-    )
+    job_dir = tmp_path / "group" / "vanilla"  # the studies' layout: ROOT/<group>/<method>/
+    job = train.train_and_evaluate(_members_config(seeds="0,1,2", data=colour_data), str(job_dir))
     assert job["seeds"] == [0, 1, 2] and len(job["members"]) == 3
     for k in range(3):
         alone_dir = tmp_path / f"alone{k}"
         alone = train.train_and_evaluate(_members_config(seed=k, data=colour_data), str(alone_dir))
-        member_dir = tmp_path / "job" / f"seed{k}"
+        member_dir = job_dir / f"seed{k}"
         # The same per-step losses (float32 reordering noise at most) ...
         np.testing.assert_allclose(_losses(member_dir), _losses(alone_dir), rtol=1e-3)
         # ... the same files, and a summary like the separate run's.
@@ -117,7 +117,12 @@ def test_three_seeds_in_one_job_equal_three_runs(colour_data, tmp_path):
             members.member(job["state"], k).params, alone["state"].params, rtol=1e-3, atol=1e-4
         )
     # Different seeds: different runs.
-    assert _losses(tmp_path / "job" / "seed0") != _losses(tmp_path / "job" / "seed1")
+    assert _losses(job_dir / "seed0") != _losses(job_dir / "seed1")
+    # The studies' collector reads the job as three runs (ROOT/<group>/<method>/seed<k>).
+    found = results.collect(str(tmp_path))
+    assert [(r.group, r.method, r.seed) for r in found] == [
+        ("group", "vanilla", k) for k in range(3)
+    ]
 
 
 def test_seeds_job_with_a_teacher_resumes(colour_data, tmp_path):

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from luminet_jax import checkpoint, metrics_io, sharding, train
+from luminet_jax import assemble, checkpoint, metrics_io, sharding, train
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -135,7 +135,7 @@ def test_ensemble_teacher_averages_members(teacher_run):
     single = _config("kd", teacher_dir=teacher_dir).teacher
     double = _config("kd").teacher
     double.name, double.checkpoint = "resnet8,resnet8", f"{teacher_dir},{teacher_dir}"
-    build = functools.partial(train._build_teacher, num_classes=4, image_size=8, dtype=None)
+    build = functools.partial(assemble.build_teacher, num_classes=4, image_size=8, dtype=None)
     module1, vars1, _ = build(single)
     module2, vars2, name = build(double)
     assert name == "resnet8+resnet8"

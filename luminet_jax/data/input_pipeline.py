@@ -250,3 +250,21 @@ def load_arrays(
         images.append(batch["image"])
         labels.append(batch["label"])
     return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32)
+
+
+def train_labels(name: str, data_dir: str | None = None) -> np.ndarray:
+    """The training labels, indexed like `make_train_iter`'s "index" (CRD's sampler).
+
+    Reads only the labels (no image is decoded). Index `j * process_count + p` is example j
+    of process p's share; rows past the shares (when the split does not divide over the
+    processes) get label -1.
+    """
+    source = sources.get_source(name, data_dir)
+    count = jax.process_count()
+    labels = np.full(source.info.num_train, -1, np.int32)
+    for process in range(count):
+        ds, _, _ = source.read(source.info.train_split, process, count, True)
+        share = [b for b in tfds.as_numpy(ds.map(lambda ex: ex["label"]).batch(65_536))]
+        share = np.concatenate(share) if share else np.zeros((0,), np.int32)
+        labels[process : process + count * len(share) : count] = share
+    return labels
