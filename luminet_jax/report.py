@@ -131,32 +131,41 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{mean:.4f} ± {std:.4f}"
 
 
+def _job(run: Run) -> str:
+    """The seed job a run belongs to ("" for a run without a seed{k} folder)."""
+    head, _, tail = run.label.rpartition("/")
+    return head if _SEED.match(tail) else ""
+
+
+def _row(run: Run) -> str:
+    return (
+        f"| {run.label} | {run.method or '-'} | {run.student or '-'} | {run.metric} "
+        f"| {_number(run.best)} | {_number(run.last)} | {_number(run.teacher)} | {run.steps} |"
+    )
+
+
+def _mean_row(job: str, members: Sequence[Run]) -> str:
+    first = members[0]
+    return (
+        f"| {job} (mean ± std of {len(members)} seeds) | {first.method or '-'} "
+        f"| {first.student or '-'} | {first.metric} | {_mean_std([m.best for m in members])} "
+        f"| {_mean_std([m.last for m in members])} | {_number(first.teacher)} | {first.steps} |"
+    )
+
+
 def format_table(runs: Sequence[Run]) -> str:
-    """A markdown table: one row per run, plus a mean row per job of several seeds."""
+    """A markdown table: one row per run, and after a job's seeds their mean ± std."""
     lines = [
         "| run | method | student | metric | best | last | teacher top-1 | steps |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    jobs: dict[str, list[Run]] = {}
-    for run in runs:
-        lines.append(
-            f"| {run.label} | {run.method or '-'} | {run.student or '-'} | {run.metric} "
-            f"| {_number(run.best)} | {_number(run.last)} | {_number(run.teacher)} "
-            f"| {run.steps} |"
-        )
-        head, _, tail = run.label.rpartition("/")
-        if _SEED.match(tail):
-            jobs.setdefault(head, []).append(run)
-    for job, members in jobs.items():
-        if len(members) > 1:
-            first = members[0]
-            lines.append(
-                f"| {job} (mean ± std of {len(members)} seeds) | {first.method or '-'} "
-                f"| {first.student or '-'} | {first.metric} "
-                f"| {_mean_std([m.best for m in members])} "
-                f"| {_mean_std([m.last for m in members])} | {_number(first.teacher)} "
-                f"| {first.steps} |"
-            )
+    for i, run in enumerate(runs):
+        lines.append(_row(run))
+        job = _job(run)
+        if job and (i + 1 == len(runs) or _job(runs[i + 1]) != job):
+            members = [r for r in runs if _job(r) == job]
+            if len(members) > 1:
+                lines.append(_mean_row(job, members))
     return "\n".join(lines)
 
 

@@ -47,7 +47,7 @@ def test_seed_folders_and_a_folder_of_runs(tmp_path):
     assert runs[0].method == "luminet"  # the job's config.json
     rows = report.format_table(runs).splitlines()
     std = math.sqrt(2 * 0.1**2)  # sample std of two values 0.2 apart
-    assert rows[-1] == (
+    assert rows[4] == (  # right after the job's seeds, before the teacher
         f"| qs/luminet (mean ± std of 2 seeds) | luminet | resnet8 | top-1 | 0.6000 ± {std:.4f} "
         f"| 0.5000 ± {std:.4f} | - | 20 |"
     )
