@@ -57,6 +57,7 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = (tmp / "dist").glob("luminet_jax-*.whl")
     with zipfile.ZipFile(path) as archive:
+        archive.source = src  # the copy it was built from
         yield archive
 
 
@@ -70,15 +71,15 @@ def test_wheel_ships_the_package_with_configs_and_sample_only(wheel):
     assert _dist_info(wheel, "top_level.txt").split() == ["luminet_jax"]
     # Nothing but luminet_jax in site-packages: no top-level configs/ or assets/.
     assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"luminet_jax"}
-    for config in (ROOT / "configs").glob("*.py"):
+    src = wheel.source
+    for config in (src / "configs").glob("*.py"):
         assert f"luminet_jax/configs/{config.name}" in names
     assert "luminet_jax/assets/cifar10-sample.tar.gz" in names
     assert "luminet_jax/assets/make_cifar10_sample.py" not in names  # a repository tool
     sample = wheel.getinfo("luminet_jax/assets/cifar10-sample.tar.gz")
-    assert sample.file_size == (ROOT / "assets" / "cifar10-sample.tar.gz").stat().st_size
-    for module in (ROOT / "luminet_jax").rglob("*.py"):  # every module and subpackage
-        if "__pycache__" not in module.parts:
-            assert module.relative_to(ROOT).as_posix() in names
+    assert sample.file_size == (src / "assets" / "cifar10-sample.tar.gz").stat().st_size
+    for module in (src / "luminet_jax").rglob("*.py"):  # every module and subpackage
+        assert module.relative_to(src).as_posix() in names
 
 
 def test_wheel_declares_the_console_scripts(wheel):
