@@ -1,6 +1,6 @@
 """resnet32x4 -> resnet8x4 on CIFAR-100 (DESIGN.md section 3).
 
-Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls. Teacher: mdistiller's
+Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls, dml. Teacher: mdistiller's
 cifar_teachers/resnet32x4_vanilla checkpoint (top-1 79.42), converted to .npz/orbax
 or an earlier `configs/cifar100_teacher.py:resnet32x4` workdir.
 
@@ -17,10 +17,17 @@ from luminet_jax import config_lib as common
 _METHODS = common.cifar_methods(
     luminet=dict(ce_weight=2.0, alpha=33.0, temperature=4.0), dkd_beta=8.0
 )
+# DML (Zhang et al. 2018): CE 1 + KL(peer || self) 1 at T 1 for each student; the peer is
+# the teacher's architecture (resnet32x4) trained from scratch beside the student, as in the DKD
+# paper's tables (DESIGN.md section 6). No teacher checkpoint is read.
+_METHODS["dml"] = dict(name="dml", ce_weight=1.0, kd_weight=1.0, temperature=1.0)
 
 
 def get_config(arg=None):
     """`arg`: `method=NAME` or a bare NAME (default luminet)."""
-    return common.cifar100_pair(
+    config = common.cifar100_pair(
         arg, teacher="resnet32x4", student="resnet8x4", methods=_METHODS, base_lr=0.05
     )
+    if config.distiller.name == "dml":  # the cohort: the student (member 0) and its peer
+        config.student.peers = config.teacher.name
+    return config

@@ -29,7 +29,9 @@ def evaluate(
       batches: batches in the form `eval_step` takes (global arrays for a sharded step).
 
     Returns:
-      {"top1", "top5", "loss", "count"} as Python numbers (top-k as fractions in [0, 1]);
+      {"top1", "top5", "loss", "count"} as Python numbers (top-k as fractions in [0, 1]),
+      plus "member{k}_top1" and "member{k}_top5" for each member k of a cohort model
+      (sums "member_correct1"/"member_correct5" of shape (N,));
       a list of them, one per member, when the sums have a leading members axis
       (`members.shard_eval_step`).
 
@@ -51,13 +53,17 @@ def evaluate(
 
 
 def _result(totals: dict[str, Any]) -> dict[str, float]:
-    totals = {k: np.float64(v) for k, v in totals.items()}
+    totals = {k: np.asarray(v, np.float64) for k, v in totals.items()}
     count = totals["count"]
     if count <= 0:
         raise ValueError("evaluate() got batches without any unmasked example.")
-    return {
+    result = {
         "top1": float(totals["correct1"] / count),
         "top5": float(totals["correct5"] / count),
         "loss": float(totals["loss_sum"] / count),
-        "count": int(round(count)),
+        "count": int(round(float(count))),
     }
+    for top in ("1", "5"):  # a cohort's members, one entry each
+        for k, correct in enumerate(totals.get(f"member_correct{top}", ())):
+            result[f"member{k}_top{top}"] = float(correct / count)
+    return result

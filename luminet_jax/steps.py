@@ -183,11 +183,13 @@ def make_eval_step(
       A pure function returning global-batch SUMS "correct1", "correct5", "loss_sum"
       (softmax cross-entropy) and "count" over the examples with `batch["mask"] == 1`
       (all examples when the batch has no "mask"). Top-5 becomes top-C when C < 5.
+      A model whose feats hold "cohort_logits" (N, B, C) (a cohort of students,
+      `models.cohort`) adds "member_correct1" and "member_correct5", (N,) sums per member.
     """
 
     def eval_step(variables, batch):
         images, labels = batch["image"], batch["label"]
-        logits, _ = model.apply(variables, images, train=False)
+        logits, feats = model.apply(variables, images, train=False)
         logits = _loss_dtype(logits)  # (B, C)
         mask = batch.get("mask")
         mask = jnp.ones(labels.shape, logits.dtype) if mask is None else mask.astype(logits.dtype)
@@ -202,6 +204,11 @@ def make_eval_step(
             "loss_sum": jnp.sum(jnp.where(mask > 0, loss, 0.0) * mask),
             "count": jnp.sum(mask),
         }
+        if isinstance(feats, dict) and "cohort_logits" in feats:
+            _, member_top_k = lax.top_k(_loss_dtype(feats["cohort_logits"]), k)  # (N, B, k)
+            hits = member_top_k == labels[None, :, None]
+            sums["member_correct1"] = jnp.sum(hits[..., 0] * mask, axis=-1)
+            sums["member_correct5"] = jnp.sum(jnp.any(hits, axis=-1) * mask, axis=-1)
         return sums if axis_name is None else lax.psum(sums, axis_name)
 
     return eval_step

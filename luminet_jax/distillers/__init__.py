@@ -10,6 +10,7 @@ from luminet_jax.distillers import (
     common,
     crd,
     dkd,
+    dml,
     feature_losses,
     fitnet,
     kd,
@@ -33,6 +34,7 @@ perception = luminet.perception
 luminet_kl = luminet.luminet_kl
 kd_loss = kd.kd_loss
 dkd_loss = dkd.dkd_loss
+dml_loss = dml.dml_loss
 standardize = logit_standardization.standardize
 ensemble_logits = common.ensemble_logits
 softmax_xent = common.softmax_xent
@@ -69,6 +71,7 @@ DISTILLERS = {
     "kdsvd": kdsvd.KDSVD,
     "ofd": ofd.OFD,
     "reviewkd": reviewkd.ReviewKD,
+    "dml": dml.DML,
 }
 
 

@@ -1,9 +1,16 @@
 """Deep mutual learning (Zhang et al. 2018): N students trained together, each learning
-from the labels and from its peers' (constant) predictions."""
+from the labels and from its peers' (constant) predictions.
+
+The students are one cohort model (`models.get_model(name, peers=...)`, DESIGN.md
+section 6): its feats carry every member's logits under "cohort_logits", so the ordinary
+train step optimizes, checkpoints and evaluates all members with no DML branch.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -78,3 +85,62 @@ def dml_loss(
     ce, kl = dml_student_losses(logits, labels, temperature=temperature, axis_name=axis_name)
     parts = {"loss_ce": ce_weight * jnp.sum(ce), "loss_kd": kd_weight * jnp.sum(kl)}
     return base.LossOutput(total=parts["loss_ce"] + parts["loss_kd"], parts=parts)
+
+
+COHORT_LOGITS = "cohort_logits"  # models.cohort.COHORT_LOGITS (distillers import no models)
+
+
+# Reference: the paper's algorithm updates the students one after the other within a step
+# (each against its peers' fresh predictions); here all take one joint step from the same
+# predictions (one optimizer over the cohort), as the common PyTorch implementations do.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DML(base.LogitDistiller):
+    """`dml_loss` over the cohort's members; the teacher is unused.
+
+    Reads s_feats["cohort_logits"] (N, B, C) from a cohort student
+    (`config.student.peers`); `s_logits` is member 0's row of it. Parts "loss_ce" and
+    "loss_kd" are summed over the members (the per-member values: `dml_student_losses`).
+    """
+
+    uses_teacher: ClassVar[bool] = False
+    uses_feats: ClassVar[bool] = True
+
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        common.check_positive("temperature", self.temperature, owner=type(self).__name__)
+
+    def init(self, rng, s_feats, t_feats, **kwargs) -> dict[str, Any]:
+        del rng, t_feats, kwargs
+        if COHORT_LOGITS not in s_feats:
+            raise KeyError(
+                f"DML needs a cohort student (feats {COHORT_LOGITS!r}): set "
+                "config.student.peers to the peers' model names, e.g. the teacher's."
+            )
+        return {}
+
+    def __call__(
+        self,
+        s_logits: jax.Array,
+        t_logits: jax.Array | None,
+        labels: jax.Array,
+        *,
+        epoch: jax.Array | int,
+        axis_name: str | None = None,
+        s_feats: dict[str, jax.Array] | None = None,
+        **unused: Any,  # the contract's other keywords (base.Distiller)
+    ) -> base.LossOutput:
+        del s_logits, t_logits, epoch  # member 0's logits are in the cohort's; no warmup.
+        if s_feats is None or COHORT_LOGITS not in s_feats:
+            raise KeyError(f"DML needs s_feats[{COHORT_LOGITS!r}] from a cohort student.")
+        cohort = s_feats[COHORT_LOGITS]
+        return dml_loss(
+            [cohort[i] for i in range(cohort.shape[0])],
+            labels,
+            ce_weight=self.ce_weight,
+            kd_weight=self.kd_weight,
+            temperature=self.temperature,
+            axis_name=axis_name,
+        )

@@ -21,6 +21,7 @@ import flax.linen as nn
 from luminet_jax.models import (
     cifar_resnet,
     cifar_resnet50,
+    cohort,
     ensemble,
     mobilenet_v1,
     mobilenet_v2,
@@ -100,17 +101,24 @@ def canonical_name(name: str) -> str:
     return name
 
 
-def get_model(name: str, *, num_classes: int, **kwargs) -> nn.Module:
+def get_model(name: str, *, num_classes: int, peers: str = "", **kwargs) -> nn.Module:
     """Builds a registered model.
 
     Args:
       name: a key of MODELS or ALIASES.
       num_classes: size of the classifier.
+      peers: comma-separated model names trained beside `name` (deep mutual learning):
+        non-empty builds a `cohort.Cohort` of `name` (member 0) and the peers, each with
+        the same `num_classes` and `kwargs`; its feats add "cohort_logits" (N, B, C).
       **kwargs: module fields, e.g. `dtype` (compute dtype) and `axis_name`.
 
     Returns:
       An unbound flax module whose `apply(variables, x, train=...)` gives (logits, feats).
     """
+    peer_names = [p.strip() for p in str(peers or "").split(",") if p.strip()]
+    if peer_names:
+        members = [get_model(n, num_classes=num_classes, **kwargs) for n in [name, *peer_names]]
+        return cohort.Cohort(members=tuple(members))
     return MODELS[canonical_name(name)](num_classes=num_classes, **kwargs)
 
 
