@@ -333,6 +333,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     "eval/top5": m["top5"],
                     "eval/loss": m["loss"],
                     "eval/best_top1": best_top1[k],
+                    # A cohort student (DML): each member's "member{i}_top1"/"_top5".
+                    **{f"eval/{n}": v for n, v in m.items() if n.startswith("member")},
                 },
             )
             logging.info(

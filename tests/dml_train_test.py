@@ -185,3 +185,27 @@ def test_pair_configs_build_a_dml_cohort(config_name, student, peer, params):
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
     assert sum(leaf.size for leaf in jax.tree.leaves(shapes["params"])) == params
+
+
+@pytest.mark.slow  # ~50 s of CPU (two compiles of the cohort step and eval)
+def test_dml_run_end_to_end_evaluates_and_checkpoints_both_members(tmp_path):
+    import image_data  # noqa: PLC0415 (PIL: only this test)
+    from train_test import _config  # noqa: PLC0415
+
+    from luminet_jax import checkpoint, metrics_io, train  # noqa: PLC0415
+
+    data = image_data.colour_folder(tmp_path / "data", train=16, test=8)
+    config = _config("kd", steps=3, data=data, eval_batch_size=32)
+    config.distiller = dict(name="dml", ce_weight=1.0, kd_weight=1.0, temperature=1.0)
+    config.student.peers = "resnet8"
+    workdir = str(tmp_path / "dml")
+    result = train.train_and_evaluate(config, workdir)
+    assert result["steps"] == 3 and np.isnan(result["teacher_top1"])  # no teacher at all
+    last = [r for r in metrics_io.read_metrics(workdir) if "eval/top1" in r][-1]
+    assert last["step"] == 3
+    assert last["eval/member0_top1"] == pytest.approx(last["eval/top1"])
+    assert 0.0 <= last["eval/member1_top1"] <= 1.0 and "eval/member1_top5" in last
+    assert result["best_top1"] == pytest.approx(last["eval/best_top1"])
+    raw = checkpoint.Checkpointer(workdir).restore_raw()
+    assert set(raw["params"]) == {"members_0", "members_1"}
+    chex.assert_trees_all_close(raw["params"], jax.device_get(result["state"].params))
