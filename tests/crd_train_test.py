@@ -3,6 +3,7 @@ embeddings train, are checkpointed, and a resumed run equals the uninterrupted o
 
 from __future__ import annotations
 
+import inspect
 import shutil
 
 import chex
@@ -28,10 +29,10 @@ def _labels_hook():
     Until train.py does, this wraps its `_init_distiller` the way it should: the labels of
     the training split, indexed like the batches' "index" (the stored order).
     """
-    original = train._init_distiller
-    if "data_state" in original.__code__.co_names:
+    if "data_state" in inspect.getsource(train):
         yield
         return
+    original = train._init_distiller
 
     def with_labels(distiller, rng, **kwargs):
         extra = original(distiller, rng, **kwargs)
