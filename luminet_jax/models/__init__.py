@@ -44,6 +44,7 @@ MODELS = {
     "resnet56": cifar_resnet.ResNet56,
     "resnet110": cifar_resnet.ResNet110,
     "resnet8x4": cifar_resnet.ResNet8x4,
+    "resnet20x4": cifar_resnet.ResNet20x4,  # not in mdistiller: TAKD's assistant
     "resnet32x4": cifar_resnet.ResNet32x4,
     "wrn_16_1": wrn.WRN16x1,
     "wrn_16_2": wrn.WRN16x2,

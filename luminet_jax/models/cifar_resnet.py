@@ -115,4 +115,5 @@ ResNet44 = functools.partial(CifarResNet, depth=44, num_filters=_SMALL)
 ResNet56 = functools.partial(CifarResNet, depth=56, num_filters=_SMALL)
 ResNet110 = functools.partial(CifarResNet, depth=110, num_filters=_SMALL)
 ResNet8x4 = functools.partial(CifarResNet, depth=8, num_filters=_WIDE)
+ResNet20x4 = functools.partial(CifarResNet, depth=20, num_filters=_WIDE)  # TAKD's assistant
 ResNet32x4 = functools.partial(CifarResNet, depth=32, num_filters=_WIDE)
