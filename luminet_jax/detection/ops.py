@@ -86,9 +86,12 @@ def nms(
         indices = indices.at[k].set(jnp.where(any_alive, order[pos], -1).astype(jnp.int32))
         return alive, indices, count + any_alive.astype(jnp.int32)
 
-    init = (alive, jnp.full((max_outputs,), -1, jnp.int32), jnp.zeros((), jnp.int32))
     if n == 0:
-        return init[1], init[2]
+        return jnp.full((max_outputs,), -1, jnp.int32), jnp.zeros((), jnp.int32)
+    # The carry starts from the inputs (order[0] * 0) so that under shard_map(check_vma=True)
+    # it has the same varying manual axes as the loop body's output.
+    zero = (order[0] * 0).astype(jnp.int32)
+    init = (alive, jnp.full((max_outputs,), -1, jnp.int32) + zero, zero)
     _, indices, count = jax.lax.fori_loop(0, max_outputs, body, init)
     return indices, count
 
