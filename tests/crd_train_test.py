@@ -1,9 +1,9 @@
 """CRD end to end through `train.train_and_evaluate` (8 fake devices): memories, Z and the
-embeddings train, are checkpointed, and a resumed run equals the uninterrupted one."""
+embeddings train, are checkpointed, and a resumed run equals the uninterrupted one. The
+trainer hands CRD the training labels through its `data_state` hook."""
 
 from __future__ import annotations
 
-import inspect
 import shutil
 
 import chex
@@ -13,7 +13,6 @@ import pytest
 from train_test import _config  # the quickstart config shrunk to resnet8 / batch 16
 
 from luminet_jax import checkpoint, train
-from luminet_jax.data import input_pipeline
 
 CRD = dict(name="crd", num_negatives=16, feat_dim=16)  # 64 samples, 48 of other classes
 
@@ -22,38 +21,11 @@ CRD = dict(name="crd", num_negatives=16, feat_dim=16)  # 64 samples, 48 of other
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _labels_hook():
-    """The trainer calls distiller.data_state with the training labels, when it has one.
-
-    Until train.py does, this wraps its `_init_distiller` the way it should: the labels of
-    the training split, indexed like the batches' "index" (the stored order).
-    """
-    if "data_state" in inspect.getsource(train):
-        yield
-        return
-    original = train._init_distiller
-
-    def with_labels(distiller, rng, **kwargs):
-        extra = original(distiller, rng, **kwargs)
-        if hasattr(distiller, "data_state"):
-            extra["state"] = distiller.data_state(extra["state"], _LABELS["train"])
-        return extra
-
-    train._init_distiller = with_labels
-    yield
-    train._init_distiller = original
-
-
-_LABELS: dict[str, np.ndarray] = {}
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     import image_data  # noqa: PLC0415
 
     data = image_data.colour_folder(tmp_path_factory.mktemp("colour"), train=16, test=16)
-    _LABELS["train"] = input_pipeline.load_arrays(f"image_folder:{data}", "train")[1]
     teacher_dir = str(tmp_path_factory.mktemp("teacher"))
     train.train_and_evaluate(_config(steps=2, data=data), teacher_dir)
 
