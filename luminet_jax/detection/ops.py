@@ -46,6 +46,13 @@ def _iou_one(box: jax.Array, boxes: jax.Array) -> jax.Array:
     return box_iou(box[None], boxes)[0]
 
 
+def _varying_axes(x: jax.Array) -> frozenset:
+    """The shard_map manual axes `x` varies over (empty outside shard_map)."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "mat", None)  # jax >= 0.10: manual axis types
+    return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
+
+
 def nms(
     boxes: jax.Array,
     scores: jax.Array,
@@ -88,10 +95,15 @@ def nms(
 
     if n == 0:
         return jnp.full((max_outputs,), -1, jnp.int32), jnp.zeros((), jnp.int32)
-    # The carry starts from the inputs (order[0] * 0) so that under shard_map(check_vma=True)
-    # it has the same varying manual axes as the loop body's output.
-    zero = (order[0] * 0).astype(jnp.int32)
-    init = (alive, jnp.full((max_outputs,), -1, jnp.int32) + zero, zero)
+    init = (alive, jnp.full((max_outputs,), -1, jnp.int32), jnp.zeros((), jnp.int32))
+    # Under shard_map(check_vma=True) the loop body's outputs vary over the manual axes the
+    # inputs vary over; the carry must start with the same type.
+    axes = _varying_axes(sorted_boxes) | _varying_axes(alive)
+    init = tuple(
+        x if not (axes - _varying_axes(x))
+        else jax.lax.pcast(x, tuple(sorted(axes - _varying_axes(x))), to="varying")
+        for x in init
+    )  # fmt: skip
     _, indices, count = jax.lax.fori_loop(0, max_outputs, body, init)
     return indices, count
 
