@@ -1,6 +1,7 @@
 """resnet110 -> resnet32 on CIFAR-100 (DESIGN.md section 3).
 
-Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls. Teacher: mdistiller's
+Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls, and the feature-based
+fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd. Teacher: mdistiller's
 cifar_teachers/resnet110_vanilla checkpoint (top-1 74.31), converted to .npz/orbax
 or an earlier `configs/cifar100_teacher.py:resnet110` workdir.
 
@@ -11,11 +12,21 @@ Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
 LumiNet 74.20; KD 73.08; DKD 74.11; vanilla 71.14 (KD/DKD/vanilla as reported in the DKD paper).
 """
 
+from luminet_jax import config_features
 from luminet_jax import config_lib as common
 
 # Not published for this pair: LumiNet's defaults.
 _METHODS = common.cifar_methods(
     luminet=dict(ce_weight=2.0, alpha=31.0, temperature=4.0), dkd_beta=2.0
+)
+
+# Feature-based baselines: mdistiller's hyperparameters (luminet_jax/config_features.py).
+# ReviewKD: the weight of its authors' CIFAR-100 script (reviewKD.sh) and the
+# channel and shape lists of their build_review_kd.
+_METHODS.update(
+    config_features.feature_methods(
+        reviewkd=config_features.cifar_reviewkd(1.0, (16, 32, 64, 64), (16, 32, 64, 64))
+    )
 )
 
 

@@ -1,6 +1,7 @@
 """resnet32x4 -> shufflenet_v2 on CIFAR-100 (DESIGN.md section 3).
 
-Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls. Teacher: mdistiller's
+Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls, and the feature-based
+fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd. Teacher: mdistiller's
 cifar_teachers/resnet32x4_vanilla checkpoint (top-1 79.42), converted to .npz/orbax
 or an earlier `configs/cifar100_teacher.py:resnet32x4` workdir.
 
@@ -11,11 +12,23 @@ Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
 LumiNet 77.55; KD 74.45; DKD 77.07; vanilla 71.82 (KD/DKD/vanilla as reported in the DKD paper).
 """
 
+from luminet_jax import config_features
 from luminet_jax import config_lib as common
 
 # Not published for this pair: LumiNet's defaults.
 _METHODS = common.cifar_methods(
     luminet=dict(ce_weight=2.0, alpha=31.0, temperature=4.0), dkd_beta=8.0
+)
+
+# Feature-based baselines: mdistiller's hyperparameters (luminet_jax/config_features.py).
+# ReviewKD: the weight of its authors' CIFAR-100 script (reviewKD.sh) and the
+# channel and shape lists of their build_review_kd.
+_METHODS.update(
+    config_features.feature_methods(
+        reviewkd=config_features.cifar_reviewkd(
+            8.0, (116, 232, 464, 1024), (64, 128, 256, 256), (1, 4, 8, 16), (1, 8, 16, 32)
+        )
+    )
 )
 
 

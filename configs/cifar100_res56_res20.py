@@ -1,6 +1,7 @@
 """resnet56 -> resnet20 on CIFAR-100 (DESIGN.md section 3).
 
-Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls, dml. Teacher: mdistiller's
+Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls, dml, and the feature-based
+fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd. Teacher: mdistiller's
 cifar_teachers/resnet56_vanilla checkpoint (top-1 72.34), converted to .npz/orbax
 or an earlier `configs/cifar100_teacher.py:resnet56` workdir.
 
@@ -9,14 +10,27 @@ python -m luminet_jax.main --config configs/cifar100_res56_res20.py:method=lumin
 
 Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
 LumiNet 72.29; KD 70.66; DKD 71.97; vanilla 69.06 (KD/DKD/vanilla as reported in the DKD paper).
+Feature-based (as quoted in the LumiNet paper): FitNet 69.21, AT 70.55, RKD 69.61, OFD 70.98,
+ReviewKD 71.89.
 """
 
+from luminet_jax import config_features
 from luminet_jax import config_lib as common
 
 # Not published for this pair: LumiNet's defaults.
 _METHODS = common.cifar_methods(
     luminet=dict(ce_weight=2.0, alpha=31.0, temperature=4.0), dkd_beta=2.0
 )
+
+# Feature-based baselines: mdistiller's hyperparameters (luminet_jax/config_features.py).
+# ReviewKD: the weight of its authors' CIFAR-100 script (reviewKD.sh) and the
+# channel and shape lists of their build_review_kd.
+_METHODS.update(
+    config_features.feature_methods(
+        reviewkd=config_features.cifar_reviewkd(0.6, (16, 32, 64, 64), (16, 32, 64, 64))
+    )
+)
+
 # DML (Zhang et al. 2018): CE 1 + KL(peer || self) 1 at T 1 for each student; the peer is
 # the teacher's architecture (resnet56) trained from scratch beside the student, as in the DKD
 # paper's tables (DESIGN.md section 6). No teacher checkpoint is read.
