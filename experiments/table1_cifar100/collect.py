@@ -20,7 +20,7 @@ def main(argv=None):
         fields={"best_top1": "best top-1", "last_top1": "last top-1"},
         paper=study.PAPER,
         groups=list(study.PAIRS),
-        methods=list(study.METHODS),
+        methods=list(study.ROWS),
     )
 
 

@@ -1,6 +1,11 @@
 """Table 1: the CIFAR-100 pairs (config files) and the published top-1 numbers."""
 
-METHODS = ("vanilla", "kd", "dkd", "luminet")
+# The LumiNet rows, then the feature-based baselines of the paper's comparison (every pair's
+# config defines them; values in luminet_jax/config_features.py and the pair files).
+LOGIT_METHODS = ("vanilla", "kd", "dkd", "luminet")
+FEATURE_METHODS = ("fitnet", "at", "rkd", "pkt", "sp", "vid", "nst", "kdsvd", "ofd", "reviewkd")
+METHODS = LOGIT_METHODS  # what run.py launches by default (--methods picks others)
+ROWS = LOGIT_METHODS + FEATURE_METHODS  # the collected table's row order
 
 # Pair name -> config file (each takes `method=NAME`).
 PAIRS = {
@@ -33,8 +38,24 @@ _PUBLISHED = {  # pair: (vanilla, kd, dkd, luminet)
     "res50_mv2": (64.60, 67.35, 70.35, 70.97),
     "res32x4_shv2": (71.82, 74.45, 77.07, 77.55),
 }
+# Feature-based rows quoted in the LumiNet paper's Table 1 (from the DKD paper), for the two
+# pairs where every method has a published number; the other cells stay empty.
+_PUBLISHED_FEATURES = {  # method: (res32x4_res8x4, res56_res20)
+    "fitnet": (73.50, 69.21),
+    "at": (73.44, 70.55),
+    "rkd": (71.90, 69.61),
+    "ofd": (74.95, 70.98),
+    "reviewkd": (75.63, 71.89),
+}
 PAPER = {
     (pair, method): value
     for pair, values in _PUBLISHED.items()
-    for method, value in zip(METHODS, values)
+    for method, value in zip(LOGIT_METHODS, values)
 }
+PAPER.update(
+    {
+        (pair, method): value
+        for method, values in _PUBLISHED_FEATURES.items()
+        for pair, value in zip(("res32x4_res8x4", "res56_res20"), values)
+    }
+)

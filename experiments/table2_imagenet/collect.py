@@ -27,7 +27,7 @@ def main(argv=None):
         paper=study.PAPER,
         paper_label="paper top-1 / top-5",
         groups=list(study.PAIRS),
-        methods=list(study.METHODS),
+        methods=list(study.ROWS),
     )
 
 

@@ -1,6 +1,11 @@
 """Table 2: the ImageNet pairs (config files) and the published top-1 / top-5 numbers."""
 
-METHODS = ("vanilla", "kd", "dkd", "luminet")
+# The LumiNet rows, then the feature-based baselines of the paper's Table 2 (both pairs'
+# configs define them, with mdistiller's per-method batch and lr).
+LOGIT_METHODS = ("vanilla", "kd", "dkd", "luminet")
+FEATURE_METHODS = ("at", "ofd", "reviewkd")
+METHODS = LOGIT_METHODS  # what run.py launches by default (--methods picks others)
+ROWS = LOGIT_METHODS + FEATURE_METHODS  # the collected table's row order
 
 PAIRS = {
     "r34_r18": "configs/imagenet_r34_r18.py",
