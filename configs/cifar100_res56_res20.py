@@ -1,7 +1,7 @@
 """resnet56 -> resnet20 on CIFAR-100 (DESIGN.md section 3).
 
 Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls, dml, and the feature-based
-fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd. Teacher: mdistiller's
+fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd, crd, crd_kd. Teacher: mdistiller's
 cifar_teachers/resnet56_vanilla checkpoint (top-1 72.34), converted to .npz/orbax
 or an earlier `configs/cifar100_teacher.py:resnet56` workdir.
 
@@ -12,6 +12,7 @@ Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
 LumiNet 72.29; KD 70.66; DKD 71.97; vanilla 69.06 (KD/DKD/vanilla as reported in the DKD paper).
 Feature-based (as quoted in the LumiNet paper): FitNet 69.21, AT 70.55, RKD 69.61, OFD 70.98,
 ReviewKD 71.89.
+CRD 71.16, CRD+KD 71.63 (the CRD paper, Tian et al. 2020).
 """
 
 from luminet_jax import config_features
@@ -35,6 +36,16 @@ _METHODS.update(
 # the teacher's architecture (resnet56) trained from scratch beside the student, as in the DKD
 # paper's tables (DESIGN.md section 6). No teacher checkpoint is read.
 _METHODS["dml"] = dict(name="dml", ce_weight=1.0, kd_weight=1.0, temperature=1.0)
+
+# CRD: mdistiller's engine/cfg.py CRD section and configs/cifar100/crd.yaml (CE 1, CRD 0.8,
+# 128-d embeddings, K 16384 negatives of other classes, NCE T 0.07, momentum 0.5, "exact").
+# CRD+KD: RepDistiller's `-r 1 -a 1 -b 0.8` (KD 1 at T 4 added).
+_CRD = dict(
+    ce_weight=1.0, feat_weight=0.8, feat_dim=128, num_negatives=16384, temperature=0.07,
+    momentum=0.5, mode="exact",
+)  # fmt: skip
+_METHODS["crd"] = dict(name="crd", **_CRD)
+_METHODS["crd_kd"] = dict(name="crd_kd", **_CRD, kd_weight=1.0, kd_temperature=4.0)
 
 
 def get_config(arg=None):
