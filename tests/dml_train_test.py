@@ -1,7 +1,8 @@
 """DML through the ordinary machinery: a cohort student (models.cohort), the "dml" distiller,
 the train and eval steps, 8 shards against one device, the trainer and the pair configs.
 
-Tiny: two resnet8 members at 8x8 with 4 classes, batch 16.
+Tiny: the zoo's cohort of two resnet8 at 8x8 (registry, trainer), and a cohort of two
+one-conv CNNs (steps_test.TinyCNN) for the steps, 4 classes, batch 16.
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from steps_test import TinyCNN
 
 from luminet_jax import distillers, evaluation, models, optim, sharding, state, steps
 from luminet_jax.distillers import dml
+from luminet_jax.models import cohort
 
 NUM_CLASSES, BATCH, SPE = 4, 16, 2
 
 
 def _cohort(axis_name=None):
-    return models.get_model(
-        "resnet8", num_classes=NUM_CLASSES, peers="resnet8", axis_name=axis_name
-    )
+    members = [TinyCNN(num_classes=NUM_CLASSES, axis_name=axis_name) for _ in range(2)]
+    return cohort.Cohort(members=tuple(members))
 
 
 @functools.cache
@@ -43,58 +45,71 @@ def _member_vars(variables, k):
     return {c: variables[c][f"members_{k}"] for c in ("params", "batch_stats")}
 
 
+@functools.cache
+def _single_device_run():
+    """Two one-device DML steps from the initial state: (states, metrics), one compile."""
+    variables, batch, tx, lr_fn = _setup()
+    distiller = distillers.get_distiller("dml")
+    step = jax.jit(
+        steps.make_train_step(_cohort(), None, distiller, tx, steps_per_epoch=SPE, lr_fn=lr_fn)
+    )
+    states, metrics = [state.create_train_state(variables, tx)], []
+    for _ in range(2):
+        new_state, m = step(states[-1], None, batch)
+        states.append(new_state)
+        metrics.append(m)
+    return states, metrics
+
+
+@jax.jit
+def _zoo_cohort(images):
+    """The registry's cohort of two resnet8: variables, (logits, feats), each member alone."""
+    zoo = models.get_model("resnet8", num_classes=NUM_CLASSES, peers="resnet8")
+    variables = zoo.init(jax.random.key(0), images, train=False)
+    single = models.get_model("resnet8", num_classes=NUM_CLASSES)
+    members = [single.apply(_member_vars(variables, k), images, train=False) for k in range(2)]
+    return variables, zoo.apply(variables, images, train=False), members
+
+
 def test_cohort_holds_both_members_and_returns_their_logits():
-    variables, batch, _, _ = _setup()
+    _, batch, _, _ = _setup()
+    variables, (logits, feats), members = _zoo_cohort(batch["image"])
     single = models.get_model("resnet8", num_classes=NUM_CLASSES)
     assert set(variables["params"]) == {"members_0", "members_1"}
+    one = jax.eval_shape(lambda x: single.init(jax.random.key(0), x, train=False), batch["image"])
     for k in range(2):
-        chex.assert_trees_all_equal_shapes(
-            variables["params"][f"members_{k}"],
-            jax.eval_shape(
-                lambda x: single.init(jax.random.key(0), x, train=False), batch["image"]
-            )["params"],
-        )
-    logits, feats = _cohort().apply(variables, batch["image"], train=False)
+        chex.assert_trees_all_equal_shapes(variables["params"][f"members_{k}"], one["params"])
     chex.assert_shape(feats["cohort_logits"], (2, BATCH, NUM_CLASSES))
-    for k in range(2):
-        z_k, f_k = single.apply(_member_vars(variables, k), batch["image"], train=False)
+    for k, (z_k, f_k) in enumerate(members):
         np.testing.assert_allclose(feats["cohort_logits"][k], z_k, rtol=1e-6, atol=1e-6)
         if k == 0:  # member 0 is the reported student: its logits and its own feats
             np.testing.assert_allclose(logits, z_k, rtol=1e-6, atol=1e-6)
-            assert set(f_k) <= set(feats)
+            assert set(f_k) | {"cohort_logits"} == set(feats)
     # The two members start from different weights.
     assert not np.allclose(feats["cohort_logits"][0], feats["cohort_logits"][1])
 
 
 def test_dml_step_loss_equals_dml_loss_and_trains_both_members():
-    variables, batch, tx, lr_fn = _setup()
+    variables, batch, _, _ = _setup()
     distiller = distillers.get_distiller("dml")
     assert (distiller.uses_teacher, distiller.uses_feats) == (False, True)
-    s0 = state.create_train_state(variables, tx)
-    step = jax.jit(
-        steps.make_train_step(_cohort(), None, distiller, tx, steps_per_epoch=SPE, lr_fn=lr_fn)
-    )
-    s1, metrics = step(s0, None, batch)
-    (_, feats), _ = _cohort().apply(variables, batch["image"], train=True, mutable=["batch_stats"])
-    want = dml.dml_loss(list(feats["cohort_logits"]), batch["label"])
+    (_, s1, _), (metrics, _) = _single_device_run()
+
+    @jax.jit
+    def loss_and_kl_grads(params):
+        def parts(p):
+            v = {"params": p, "batch_stats": variables["batch_stats"]}
+            (_, feats), _ = _cohort().apply(v, batch["image"], train=True, mutable=["batch_stats"])
+            return dml.dml_loss(list(feats["cohort_logits"]), batch["label"])
+
+        return parts(params), jax.grad(lambda p: parts(p).parts["loss_kd"])(params)
+
+    want, kl_grads = loss_and_kl_grads(variables["params"])
     np.testing.assert_allclose(metrics["loss"], want.total, rtol=1e-6)
     np.testing.assert_allclose(metrics["loss_ce"], want.parts["loss_ce"], rtol=1e-6)
     np.testing.assert_allclose(metrics["loss_kd"], want.parts["loss_kd"], rtol=1e-6)
     assert float(metrics["loss_kd"]) > 0.0
-    # Gradients reach both members (of the whole objective, and of the KL part alone).
-    kl_grads = jax.grad(
-        lambda p: dml.dml_loss(
-            list(
-                _cohort().apply(
-                    {"params": p, "batch_stats": variables["batch_stats"]},
-                    batch["image"],
-                    train=True,
-                    mutable=["batch_stats"],
-                )[0][1]["cohort_logits"]
-            ),
-            batch["label"],
-        ).parts["loss_kd"]
-    )(variables["params"])
+    # Gradients reach both members (of the KL part alone, too) and both move.
     for k in range(2):
         name = f"members_{k}"
         assert float(optax.global_norm(kl_grads[name])) > 1e-4, name
@@ -110,7 +125,7 @@ def test_eval_reports_every_member():
     mask = jnp.asarray(np.arange(BATCH) < BATCH - 3, jnp.float32)  # 3 padded rows
     eval_step = jax.jit(steps.make_eval_step(_cohort()))
     result = evaluation.evaluate(eval_step, variables, [{**batch, "mask": mask}])
-    single = models.get_model("resnet8", num_classes=NUM_CLASSES)
+    single = TinyCNN(num_classes=NUM_CLASSES)
     for k in range(2):
         z, _ = single.apply(_member_vars(variables, k), batch["image"], train=False)
         hit = np.asarray(jnp.argmax(z, -1) == batch["label"])[: BATCH - 3]
@@ -123,36 +138,33 @@ def test_eval_reports_every_member():
 
 
 def test_sharded_dml_step_equals_single_device():
-    variables, batch, tx, lr_fn = _setup()
-    distiller = distillers.get_distiller("dml", temperature=2.0)
-    s0 = state.create_train_state(variables, tx)
-    single = jax.jit(
-        steps.make_train_step(_cohort(), None, distiller, tx, steps_per_epoch=SPE, lr_fn=lr_fn)
-    )
-    want_state, want_metrics = s0, []
-    for _ in range(2):
-        want_state, m = single(want_state, None, batch)
-        want_metrics.append(m)
+    _, batch, tx, lr_fn = _setup()
+    states, want_metrics = _single_device_run()
     mesh = sharding.make_mesh()
     assert mesh.devices.size == 8
     raw = steps.make_train_step(
-        _cohort("data"), None, distiller, tx, steps_per_epoch=SPE, axis_name="data", lr_fn=lr_fn
+        _cohort("data"),
+        None,
+        distillers.get_distiller("dml"),
+        tx,
+        steps_per_epoch=SPE,
+        axis_name="data",
+        lr_fn=lr_fn,
     )
     sharded = sharding.shard_train_step(raw, mesh)
-    got_state = jax.device_put(s0, sharding.replicated(mesh))
+    got_state = jax.device_put(jax.device_get(states[0]), sharding.replicated(mesh))
     global_batch = sharding.to_global(jax.device_get(batch), mesh)
     got_metrics = []
     for _ in range(2):
         got_state, m = sharded(got_state, None, global_batch)
         got_metrics.append(m)
     chex.assert_trees_all_close(got_metrics, want_metrics, atol=2e-5, rtol=2e-5)
-    chex.assert_trees_all_close(got_state, want_state, atol=2e-5, rtol=2e-5)
+    chex.assert_trees_all_close(got_state, states[-1], atol=2e-5, rtol=2e-5)
     # The sharded eval reports both members as the one-device eval does.
-    want = jax.jit(steps.make_eval_step(_cohort()))(
-        state_vars := {"params": want_state.params, "batch_stats": want_state.batch_stats}, batch
-    )
+    variables = {"params": states[-1].params, "batch_stats": states[-1].batch_stats}
+    want = jax.jit(steps.make_eval_step(_cohort()))(variables, batch)
     got = sharding.shard_eval_step(steps.make_eval_step(_cohort("data"), axis_name="data"), mesh)(
-        jax.device_put(state_vars, sharding.replicated(mesh)), global_batch
+        jax.device_put(variables, sharding.replicated(mesh)), global_batch
     )
     chex.assert_trees_all_close(got, want)
 
@@ -162,7 +174,7 @@ def test_dml_without_a_cohort_student_says_so():
     with pytest.raises(KeyError, match="peers"):
         distiller.init(jax.random.key(0), {"pooled": jnp.zeros((2, 4))}, None)
     with pytest.raises(ValueError, match="two members"):
-        models.cohort.Cohort(members=(models.get_model("resnet8", num_classes=4),)).init(
+        cohort.Cohort(members=(TinyCNN(num_classes=4),)).init(
             jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False
         )
 
