@@ -2,6 +2,7 @@
 8 devices equal 1; parameter counts for resnet32x4 -> resnet8x4."""
 
 import functools
+import importlib
 
 import chex
 import jax
@@ -335,3 +336,13 @@ def test_negatives_are_uniform_over_the_other_classes():
     expected = rows * K * (K - 1) / (len(pool) * (len(pool) - 1))
     df = len(pairs) - 1
     assert ((pairs - expected) ** 2 / expected).sum() < df + 5 * np.sqrt(2 * df)
+
+
+@pytest.mark.parametrize("pair", ["cifar100_res32x4_res8x4", "cifar100_res56_res20"])
+def test_pair_configs_build_crd_and_crd_kd(pair):
+    module = importlib.import_module(f"configs.{pair}")
+    for method, kd_weight in (("crd", 0.0), ("crd_kd", 1.0)):
+        d = distillers.get_distiller(**module.get_config(f"method={method}").distiller)
+        assert (d.ce_weight, d.feat_weight, d.kd_weight) == (1.0, 0.8, kd_weight)
+        assert (d.feat_dim, d.num_negatives, d.temperature, d.momentum) == (128, 16384, 0.07, 0.5)
+        assert d.mode == "exact" and not d.replace
