@@ -100,13 +100,14 @@ def kdsvd_loss(
         a larger map is pooled to the other's size first (the reference needs equal sizes).
       k: the number of teacher singular vectors.
 
-    The teacher carries no gradient (as the reference). Gradients are exact where the
-    student's singular values are distinct; see the module docstring otherwise.
+    As the reference, the teacher's kernels are detached, so the teacher's gradient flows
+    only through its normalized singular values scaling V_s (zero for k = 1). Gradients are
+    exact where the singular values are distinct; see the module docstring otherwise.
     """
     total, prev = 0.0, None
     pairs = fl.stage_pairs(s_feats, t_feats, "kdsvd_loss")
     for f_s, f_t in pairs:
-        f_s, f_t = fl.pool_to_smaller(*fl.cast(f_s, lax.stop_gradient(f_t)))
+        f_s, f_t = fl.pool_to_smaller(*fl.cast(f_s, f_t))
         s_t, v_t = _top_singular(f_t, k)
         v_t = _canonical_sign(v_t)
         _, v_s = _top_singular(f_s, k + 3)
