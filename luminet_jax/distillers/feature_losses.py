@@ -2,8 +2,11 @@
 
 Maps are NHWC. Every loss computes in the promoted dtype of its inputs, at least float32
 (float64 under x64). `s_feats`/`t_feats` are lists of maps, stage by stage, paired as
-mdistiller's `zip` pairs them (the shorter list decides). AT, NST and VID first average-pool
-the larger of two maps to the smaller one's size (PyTorch's `adaptive_avg_pool2d` windows).
+mdistiller's `zip` pairs them (the shorter list decides). AT, NST, VID and KD-SVD first
+average-pool the larger of two maps to the smaller one's size (PyTorch's
+`adaptive_avg_pool2d` windows); OFD pools the teacher to the student's size, as the
+reference; SP, RKD and PKT need no pooling; HCL needs equal shapes. OFD and KD-SVD live in
+`ofd_losses.py` and `svd_losses.py` and are re-exported here.
 
 Which side carries a gradient follows each reference function; the distillers pass teacher
 features without gradient anyway. Batch-relational losses (RKD, PKT, SP) take `axis_name`:

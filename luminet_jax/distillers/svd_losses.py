@@ -2,9 +2,9 @@
 
 Each stage's map is viewed as mdistiller views its NCHW tensor, (B, C*H, W) matrices, and
 its top right-singular vectors (teacher k, student k + 3) are compared across consecutive
-stages through RBF kernels. The student's SVD has a custom derivative that is finite for
-repeated singular values (where the analytic one is undefined) and equals the standard
-derivative elsewhere.
+stages through RBF kernels. The SVD has a custom derivative that is finite for repeated
+singular values (where the analytic one is undefined, and torch's and JAX's own rules give
+inf/NaN) and equals the standard derivative elsewhere.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ def kdsvd_loss(
     total, prev = 0.0, None
     pairs = fl.stage_pairs(s_feats, t_feats, "kdsvd_loss")
     for f_s, f_t in pairs:
+        # Reference: mdistiller fails on maps of different sizes; the larger is pooled here.
         f_s, f_t = fl.pool_to_smaller(*fl.cast(f_s, f_t))
         s_t, v_t = _top_singular(f_t, k)
         v_t = _canonical_sign(v_t)
