@@ -294,3 +294,26 @@ def test_imagenet_backbones_load(layout):
     broken.pop(next(k for k in sd if "res5" in k or "layer4" in k))
     with pytest.raises(ValueError, match="missing keys: \\['backbone.bottom_up.res5"):
         convert.load_backbone(model, variables, broken)
+
+
+def test_convert_file_writes_orbax_variables(tmp_path):
+    from luminet_jax import checkpoint
+
+    keys = detector_keys(18, 3, width=8, fpn=8, fc=16)
+    sd = _random(keys, seed=5)
+    path = tmp_path / "model_final_tiny.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": sd, "__author__": "Detectron2 Model Zoo"}, f)
+    fields = {k: v for k, v in TINY.items() if k != "num_classes"}
+    out = convert.convert_file(
+        "faster_rcnn_r18_fpn", str(path), str(tmp_path / "out"), num_classes=3, **fields
+    )
+    loaded = checkpoint.load_variables(out)
+    np.testing.assert_array_equal(
+        loaded["params"]["roi_heads"]["box_head"]["fc2"]["kernel"],
+        sd["roi_heads.box_head.fc2.weight"].T,
+    )
+    np.testing.assert_array_equal(
+        loaded["frozen"]["backbone"]["bottom_up"]["res2_1"]["conv2"]["norm"]["bias"],
+        sd["backbone.bottom_up.res2.1.conv2.norm.bias"],
+    )
