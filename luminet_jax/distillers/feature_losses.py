@@ -90,7 +90,7 @@ def rkd_loss(
     s, t = fm.cast(fm.flat(s_emb), fm.flat(t_emb))
     t = lax.stop_gradient(t)
     s, t = fm.gather(s, axis_name), fm.gather(t, axis_name)
-    if s.shape[0] < 2 or t.shape[0] != s.shape[0]:
+    if s.shape[0] < 2 or t.shape[0] != s.shape[0]:  # Reference: one sample gives NaN there.
         raise ValueError(f"rkd_loss needs equal batches of >= 2; got {s.shape} and {t.shape}.")
     t_d = _pdist(t, squared, eps)
     t_d = t_d / _mean_positive(t_d)
@@ -103,7 +103,7 @@ def rkd_loss(
 
 def _pkt_probs(x: jax.Array, eps: float) -> jax.Array:
     sumsq = jnp.sum(x * x, axis=1, keepdims=True)
-    # sqrt with a finite gradient at 0 (torch's is NaN there for an all-zero embedding).
+    # Reference: torch's sqrt gives a NaN gradient for an all-zero embedding; this is finite.
     norm = jnp.where(sumsq > 0, jnp.sqrt(jnp.where(sumsq > 0, sumsq, 1.0)), 0.0)
     x = x / (norm + eps)
     x = jnp.where(jnp.isnan(x), 0.0, x)

@@ -58,6 +58,7 @@ def pool_to_smaller(f_s: jax.Array, f_t: jax.Array) -> tuple[jax.Array, jax.Arra
     """
     check_map(f_s, "student")
     check_map(f_t, "teacher")
+    # Reference: (t_H, t_H) there; the same for square maps, and no shape error otherwise.
     size = (min(f_s.shape[1], f_t.shape[1]), min(f_s.shape[2], f_t.shape[2]))
     return adaptive_avg_pool(f_s, size), adaptive_avg_pool(f_t, size)
 

@@ -29,7 +29,7 @@ def ofd_margin(gamma: jax.Array, beta: jax.Array) -> jax.Array:
     """
     gamma, beta = fm.cast(gamma, beta)
     s, m = jnp.abs(gamma), beta
-    positive = s > 0
+    positive = s > 0  # Reference: gamma = 0 divides by zero there; a point mass here.
     safe_s = jnp.where(positive, s, 1.0)
     ratio = jnp.where(positive, m / safe_s, 0.0)
     z = jnp.where(positive, -ratio, jnp.where(m < 0, jnp.inf, -jnp.inf))
