@@ -1,0 +1,84 @@
+"""Pure detection train / predict steps, in the pattern of `luminet_jax.steps` (not jitted).
+
+The detector's "frozen" collection (FrozenBatchNorm buffers, stem and res2 kernels) rides in
+`TrainState.batch_stats` and is never updated; only "params" is optimized (weight decay
+included). Build the state with
+
+    v = rcnn.init_variables(model, seed)   # or detection.convert's import
+    state = state_lib.create_train_state({"params": v["params"], "batch_stats": v["frozen"]}, tx)
+
+and run `sharding.shard_train_step(make_train_step(model, tx, axis_name="data"), mesh)`.
+Under shard_map the step differentiates the global loss (`pmean` of the shards' shares,
+`detection.losses`), so its gradients are the global-batch gradients (`luminet_jax.steps`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import optax
+from jax import lax
+
+from luminet_jax import state as state_lib
+from luminet_jax.detection import losses, rcnn
+
+Metrics = dict[str, jax.Array]
+
+
+def variables_of(state: state_lib.TrainState) -> dict:
+    """The detector's variables {"params", "frozen"} held by a TrainState."""
+    return {"params": state.params, "frozen": state.batch_stats}
+
+
+def make_train_step(
+    model: rcnn.FasterRCNN,
+    tx: optax.GradientTransformation,
+    *,
+    axis_name: str | None = None,
+    lr_fn: Callable[[jax.Array], jax.Array] | None = None,
+    seed: int = 0,
+) -> Callable[[state_lib.TrainState, object, dict], tuple[state_lib.TrainState, Metrics]]:
+    """Builds `train_step(state, teacher_variables, batch) -> (state, metrics)` (vanilla).
+
+    `teacher_variables` is accepted for the trainer's calling convention and ignored. The
+    samplers' key is `fold_in(key(seed), step)`, the same on every shard (images then fold in
+    their global index). Metrics (global batch): "loss", the four losses, detectron2's
+    "fast_rcnn/*" classification stats, "grad_norm", "param_norm" and "lr" (with `lr_fn`).
+    """
+
+    def train_step(state, teacher_variables, batch):
+        del teacher_variables
+        key = jax.random.fold_in(jax.random.key(seed), state.step)
+
+        def loss_fn(params):
+            variables = {"params": params, "frozen": state.batch_stats}
+            parts, aux = rcnn.train_forward(model, variables, batch, key, axis_name=axis_name)
+            if axis_name is not None:
+                parts = lax.pmean(parts, axis_name)  # each shard's share -> global losses
+            return rcnn.total_loss(parts), (parts, aux)
+
+        (loss, (parts, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        stats = losses.fast_rcnn_metrics(
+            aux["class_logits"], aux["roi_classes"], aux["roi_valid"], axis_name=axis_name
+        )
+        metrics = {
+            "loss": loss,
+            **parts,
+            **{f"fast_rcnn/{k}": v for k, v in stats.items()},
+            "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(state.params),
+        }
+        if lr_fn is not None:
+            metrics["lr"] = lr_fn(state.step)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_predict_step(model: rcnn.FasterRCNN) -> Callable[[dict, dict], dict]:
+    """`predict(variables, batch)` -> detections (`coco.evaluate`'s contract), per shard."""
+    return lambda variables, batch: rcnn.predict(model, variables, batch)
