@@ -279,9 +279,12 @@ def test_table3_times_each_method(tmp_path):
     assert (
         t3_run.markdown([row], {"luminet": (0.5, 0.01)})
         .splitlines()[2]
-        .endswith("| 1.02 | 0 | 50.00 ± 1.00 | 11 |")
+        .endswith("| 1.02 | 0 | 50.00 ± 1.00 | 11 | 1.00 | 0 |")
     )
-    assert (tmp_path / "step.json").exists()
+    assert (tmp_path / "step.json").exists() and (tmp_path / "table3.png").exists()
+    # Every method of the paper's Table 3 has a row, timed or not (CRD with the paper's 41 ms).
+    assert len(table.split("\n\n")[0].splitlines()) == 2 + len(t3_run.TABLE3_METHODS)
+    assert "| crd (not run here) | - | - | - | - | - | 41 | 3.73 | 12.3M |" in table
 
 
 # ---- Heavier end-to-end paths (pytest -m slow) ----
@@ -345,9 +348,11 @@ def test_table3_all_methods(tmp_path):
     from experiments.table3_time import run as t3_run  # noqa: PLC0415
 
     tiny = "--pair resnet8:resnet8 --batch 8 --steps 2 --image-size 8 --num-classes 4 --out-dir"
-    rows, _ = t3_run.main(_argv(tiny, str(tmp_path)))  # as a subprocess
-    assert [r["method"] for r in rows] == ["vanilla", "kd", "dkd", "luminet"]
-    assert all(r["extra_params"] == 0 for r in rows)
+    # ReviewKD's channels and shapes are the real pair's: every other method of --methods all.
+    methods = [m for m in t3_run.default_methods() if m != "reviewkd"]
+    rows, _ = t3_run.main(_argv(f"--methods {','.join(methods)} {tiny}", str(tmp_path)))
+    assert [r["method"] for r in rows] == methods  # (as a subprocess)
+    assert all(r["extra_params"] == 0 for r in rows if r["method"] in ("kd", "dkd", "luminet"))
 
 
 def test_reduced_study_pairs_seeds(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Table 3: training time per batch and extra parameters, resnet32x4 -> resnet8x4, batch 64.
 
 python experiments/table3_time/run.py --out-dir experiments/table3_time/results \
-    [--methods vanilla,kd,dkd,luminet] [--batch 64] [--steps 20] [--table1-root ROOT] \
+    [--methods all] [--batch 64] [--steps 20] [--table1-root ROOT] \
     [--in-process] [any other benchmarks/step.py option, e.g. --fast-conv --devices 1]
 
 Runs benchmarks/step.py (the trainer's own jitted step: teacher forward, student
@@ -9,7 +9,10 @@ forward/backward, SGD update, on synthetic data already on the device; all metho
 first, then timed interleaved so that ratios compare steps under the same load) and turns its
 JSON into the Table 3 layout: median ms per batch, ratio to KD (median of per-round ratios),
 extra learnable parameters, and the best top-1 (mean over seeds) of Table 1's runs of the
-pair when --table1-root is given. Writes step.json, table3.md and table3.json to --out-dir.
+pair when --table1-root is given, with the paper's row beside ours. `--methods all` (the
+default) is the student alone plus every method of the paper's Table 3 that this project
+registers (luminet_jax.distillers) and benchmarks/step.py knows; the others are listed as
+not run. Writes step.json, table3.md, table3.json and table3.png (ratio to KD) to --out-dir.
 """
 
 from __future__ import annotations
@@ -25,10 +28,27 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from experiments.common import results  # noqa: E402
+from experiments.common import plots, results  # noqa: E402
 
 PAIR = "res32x4_res8x4"  # Table 1's name of the benchmarked pair
-PAPER_MS = {"kd": 11.0, "luminet": 11.0}  # the paper's Table 3 (its GPU); 0 extra params
+# The methods of the paper's Table 3, in its order (ours: the same names as distillers).
+TABLE3_METHODS = (
+    "kd", "luminet", "dkd", "fitnet", "at", "rkd", "pkt", "sp", "vid", "nst", "ofd", "crd",
+    "reviewkd", "dml",
+)  # fmt: skip
+# The paper's Table 3 (its GPU), only where this project quotes it (DESIGN.md section 3,
+# issue 10): ms per batch and extra parameters. Other cells stay "-" here.
+PAPER_MS = {"kd": 11.0, "luminet": 11.0, "crd": 41.0}
+PAPER_PARAMS = {"kd": "0", "luminet": "0", "crd": "12.3M"}
+
+
+def default_methods() -> list[str]:
+    """vanilla + the Table 3 methods both registered as distillers and known to step.py."""
+    from benchmarks import step  # noqa: PLC0415
+    from luminet_jax import distillers  # noqa: PLC0415
+
+    known = set(distillers.DISTILLERS) & set(step.HPARAMS)
+    return ["vanilla"] + [m for m in TABLE3_METHODS if m in known]
 
 
 def run_benchmark(bench_args: list[str], out_json: str, *, in_process: bool) -> dict:
@@ -47,26 +67,58 @@ def markdown(rows: list[dict], accuracy: dict) -> str:
     """One line per benchmarked variant: ms/batch, ratio to KD, extra params, accuracy, paper."""
     lines = [
         "| variant | ms / batch (median) | images / s | ratio to KD | extra params "
-        "| best top-1 (Table 1 runs) | paper ms / batch |",
-        "|---|---|---|---|---|---|---|",
+        "| best top-1 (Table 1 runs) | paper ms / batch | paper ratio to KD "
+        "| paper extra params |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = r.get("ratio_to_kd", math.nan)
-        paper = PAPER_MS.get(r["method"]) if r["framework"] == "jax" else None
+        jax_row = r["framework"] == "jax"
+        paper = PAPER_MS.get(r["method"]) if jax_row else None
         acc = accuracy.get(r["method"], (math.nan, math.nan))
         lines.append(
             f"| {r['label']} | {r['ms_per_step']:.1f} | {r['images_per_s']:.0f} | "
             f"{'-' if math.isnan(ratio) else f'{ratio:.2f}'} | {r['extra_params']} | "
-            f"{results.percent(*acc)} | {'-' if paper is None else f'{paper:g}'} |"
+            f"{results.percent(*acc)} | {'-' if paper is None else f'{paper:g}'} | "
+            f"{_paper_ratio(r['method']) if jax_row else '-'} | "
+            f"{PAPER_PARAMS.get(r['method'], '-') if jax_row else '-'} |"
         )
+    timed = {r["method"] for r in rows}
+    for method in TABLE3_METHODS:  # the paper's rows this run did not time
+        if method not in timed:
+            ms = f"{PAPER_MS[method]:g}" if method in PAPER_MS else "-"
+            lines.append(
+                f"| {method} (not run here) | - | - | - | - | - | {ms} | "
+                f"{_paper_ratio(method)} | {PAPER_PARAMS.get(method, '-')} |"
+            )
     return "\n".join(lines)
+
+
+def _paper_ratio(method: str) -> str:
+    if method not in PAPER_MS:
+        return "-"
+    return f"{PAPER_MS[method] / PAPER_MS['kd']:.2f}"
+
+
+def plot(rows: list[dict], path: str) -> str | None:
+    """Bars of the JAX steps' ratio to KD (None when no row has one)."""
+    pairs = [
+        (r["method"], r["ratio_to_kd"])
+        for r in rows
+        if r["framework"] == "jax" and "ratio_to_kd" in r and "/fast_conv=" not in r["label"]
+    ]
+    if not pairs:
+        return None
+    labels, values = zip(*pairs)
+    title = "Table 3: time per batch relative to KD (resnet32x4 -> resnet8x4)"
+    return plots.bar_plot(labels, values, ylabel="ratio to KD", title=title, path=path)
 
 
 def main(argv=None):
     """Command line: see the module docstring; unknown options go to benchmarks/step.py."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--methods", default="vanilla,kd,dkd,luminet")
+    parser.add_argument("--methods", default="all", help="Comma-separated, or all.")
     parser.add_argument("--pair", default="resnet32x4:resnet8x4", help="teacher:student")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
@@ -74,11 +126,12 @@ def main(argv=None):
     parser.add_argument("--in-process", action="store_true", help="Import step.py (tests).")
     args, bench_extra = parser.parse_known_args(argv)
     os.makedirs(args.out_dir, exist_ok=True)
+    methods = ",".join(default_methods()) if args.methods == "all" else args.methods
     bench_args = [
         "--pair",
         args.pair,
         "--methods",
-        args.methods,
+        methods,
         "--batch",
         str(args.batch),
         "--steps",
@@ -97,6 +150,7 @@ def main(argv=None):
     results.write_table(table, os.path.join(args.out_dir, "table3.md"))
     summary = {"header": out["header"], "rows": out["steps"], "accuracy": accuracy}
     results.write_json(summary, os.path.join(args.out_dir, "table3.json"))
+    plot(out["steps"], os.path.join(args.out_dir, "table3.png"))
     return out["steps"], table
 
 
