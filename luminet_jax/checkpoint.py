@@ -49,9 +49,10 @@ def _abstract(tree: Any) -> Any:
 def _target_from_metadata(tree_metadata: Any) -> Any:
     """A restore target from saved metadata: the saved shapes and dtypes, on the default device.
 
-    Restoring without the saved shardings lets a checkpoint written on N devices load on one.
+    Host (numpy) arrays as the target restore without the saved shardings, so a checkpoint
+    written on N devices, or by several processes, loads in one process.
     """
-    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree_metadata)
+    return jax.tree.map(lambda m: np.zeros(tuple(m.shape), m.dtype), tree_metadata)
 
 
 def _tree_metadata(item_metadata: Any) -> Any:
@@ -124,7 +125,8 @@ class Checkpointer:
         path = os.path.join(self.directory, str(step))
         try:
             target = _target_from_metadata(_tree_metadata(self._mngr.item_metadata(step)))
-            return self._mngr.restore(step, args=ocp.args.StandardRestore(target))
+            restored = self._mngr.restore(step, args=ocp.args.StandardRestore(target))
+            return jax.tree.map(jnp.asarray, restored)
         except Exception as e:
             raise RuntimeError(
                 f"Could not read checkpoint {path} ({_cause(e)}). {_DELETE_HINT}"
@@ -178,7 +180,7 @@ def load_variables(path: str | os.PathLike) -> Any:
     ckptr = ocp.StandardCheckpointer()
     try:
         target = _target_from_metadata(_tree_metadata(ckptr.metadata(path).item_metadata))
-        return ckptr.restore(path, target)
+        return jax.tree.map(jnp.asarray, ckptr.restore(path, target))
     except Exception as e:
         raise RuntimeError(
             f"Could not read variables from {path} ({_cause(e)}). {_DELETE_HINT}"

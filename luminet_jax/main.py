@@ -95,7 +95,11 @@ def main(argv):
     if jax.process_index() == 0:
         launch.write_config(config, workdir)
     logging.debug("Config:\n%s", config)
-    train.train_and_evaluate(config, workdir)
+    try:
+        train.train_and_evaluate(config, workdir)
+    finally:
+        if jax.process_count() > 1:  # a barrier: no process leaves while others still save
+            jax.distributed.shutdown()
 
 
 def run() -> None:

@@ -35,7 +35,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _overrides(data: str, steps: int) -> list[str]:
+def _overrides(data: str, steps: int, **more) -> list[str]:
     values = {
         "dataset.name": f"image_folder:{data}",
         "student.name": "resnet8",
@@ -44,12 +44,24 @@ def _overrides(data: str, steps: int) -> list[str]:
         "num_train_steps": steps,
         "log_every_steps": 1,
         "ckpt_every_steps": 2,
+        "keep_checkpoints": 5,
         "schedule.base_lr": 0.1,
+        **more,
     }
     return [f"--config.{k}={v}" for k, v in values.items()]
 
 
-def _launch(workdir, data, steps, *, processes: int, devices: int, port: int | None = None):
+def _launch(
+    workdir,
+    data,
+    steps,
+    *,
+    processes: int,
+    devices: int,
+    port: int | None = None,
+    config: str = "quickstart:teacher",
+    **more,
+):
     env = dict(os.environ)
     env.update(
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
@@ -57,8 +69,8 @@ def _launch(workdir, data, steps, *, processes: int, devices: int, port: int | N
         CUDA_VISIBLE_DEVICES="",
         PYTHONPATH=str(ROOT),
     )
-    base = [sys.executable, "-m", "luminet_jax.main", "--config", "quickstart:teacher"]
-    base += ["--workdir", str(workdir), *_overrides(data, steps)]
+    base = [sys.executable, "-m", "luminet_jax.main", "--config", config]
+    base += ["--workdir", str(workdir), *_overrides(data, steps, **more)]
     if processes == 1:
         return [subprocess.Popen(base, cwd=ROOT, env=env)]
     flags = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", str(processes)]
@@ -125,3 +137,24 @@ def test_sigterm_to_one_process_stops_both_at_one_step(data, tmp_path):
     assert codes == [128 + signal.SIGTERM] * 2, codes
     latest = checkpoint.Checkpointer(str(workdir)).latest_step()
     assert latest is not None and latest == max(_losses(workdir))
+
+
+def test_two_processes_stream_their_shards_and_resume(tmp_path_factory, tmp_path):
+    """The ImageNet config through tf.data on 2 processes (each reads its own shard of the
+    JPEGs): stopping after 2 steps and resuming gives the uninterrupted run's batches."""
+    from streaming_test import jpeg_folder_at  # noqa: PLC0415
+
+    folder = jpeg_folder_at(tmp_path_factory.mktemp("jpegs"))
+    kw = dict(
+        processes=2,
+        devices=4,
+        config="imagenet_r34_r18:vanilla",
+        **{"dataset.image_size": 32, "student.name": "resnet18", "eval_batch_size": 16},
+    )
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert _wait(_launch(full, folder, 4, port=_free_port(), **kw)) == [0, 0]
+    assert _wait(_launch(part, folder, 2, port=_free_port(), **kw)) == [0, 0]
+    assert _wait(_launch(part, folder, 4, port=_free_port(), **kw)) == [0, 0]
+    want, got = _losses(full), _losses(part)
+    assert sorted(got) == sorted(want) == [1, 2, 3, 4]
+    np.testing.assert_allclose([got[s] for s in want], [want[s] for s in want], rtol=1e-6)
