@@ -97,6 +97,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
+    from luminet_jax.detection import rcnn  # noqa: PLC0415
+
+    if args.model in rcnn.DETECTORS:  # a detectron2 checkpoint (model_final_*.pkl)
+        from luminet_jax.detection import convert as detection_convert  # noqa: PLC0415
+
+        classes = args.num_classes or 80
+        out = detection_convert.convert_file(args.model, args.torch, args.out, num_classes=classes)
+        print(f"Wrote {args.model} ({classes} classes) to {out}")
+        return
     name = models.canonical_name(args.model)
     num_classes = args.num_classes
     if num_classes is None:
