@@ -9,9 +9,12 @@ data already on the devices. All variants (methods x frameworks x fast-conv sett
 compiled first and then timed INTERLEAVED, one step of each per round, so every ratio
 compares steps measured under the same machine load. Reported: median ms/step, images/s,
 the ratio to the KD step of the same framework and setting, the JAX/PyTorch ratio, and the
-extra learnable parameters a method adds (0 for the logit methods). `--data` also times the
-input pipelines alone (device-resident CIFAR batches, and tf.data decode+augment of JPEGs).
-Heavy imports (TensorFlow) happen only for `--data`.
+extra learnable parameters a method adds (0 for the logit methods). The feature-based
+methods (fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd; JAX only) take the
+resnet32x4 -> resnet8x4 recipe of configs/, and their extra params and state come from
+`distiller.init` on the models' features of a dummy batch, as in the trainer. `--data`
+also times the input pipelines alone (device-resident CIFAR batches, and tf.data
+decode+augment of JPEGs). Heavy imports (TensorFlow) happen only for `--data`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,20 @@ HPARAMS = {
     "dkd": dict(ce_weight=1.0, alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20),
     "luminet": dict(ce_weight=2.0, alpha=33.0, temperature=4.0, warmup_epochs=20),
 }
+
+
+def _feature_hparams() -> dict:
+    """The feature-based methods' recipe for resnet32x4 -> resnet8x4 (the pair's config)."""
+    from luminet_jax import config_features
+
+    wide = (64, 128, 256, 256)
+    table = config_features.feature_methods(
+        reviewkd=config_features.cifar_reviewkd(5.0, wide, wide)
+    )
+    return {name: {k: v for k, v in kw.items() if k != "name"} for name, kw in table.items()}
+
+
+HPARAMS.update(_feature_hparams())
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,6 +89,23 @@ def _setup_devices(n: int) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if n > 1 and "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def init_distiller(distiller, student, teacher, s_vars, t_vars, x, *, num_train):
+    """A distiller's extra params and state, made as the trainer makes them: `init` on both
+    models' inference-mode features of a dummy batch at the run's image size ({} for the
+    logit methods)."""
+    import jax
+
+    def init(s_vars, t_vars):
+        _, s_feats = student.apply(s_vars, x, train=False)
+        _, t_feats = teacher.apply(t_vars, x, train=False)
+        return distiller.init(
+            jax.random.key(2), s_feats, t_feats,
+            teacher_variables=t_vars, num_train=num_train, teacher=teacher,
+        )  # fmt: skip
+
+    return jax.jit(init)(s_vars, t_vars)
 
 
 def build_jax_variants(args, methods, fast_modes):
@@ -126,7 +160,8 @@ def build_jax_variants(args, methods, fast_modes):
                 step, enabled=fast != "off", scope=fast if fast != "off" else "pointwise"
             )
             # A fresh host copy per variant: the step donates its state's buffers.
-            host_state = jax.tree.map(np.asarray, state.create_train_state(s_vars, tx))
+            extra = init_distiller(distiller, student, teacher, s_vars, t_vars, x, num_train=50_000)
+            host_state = jax.tree.map(np.asarray, state.create_train_state(s_vars, tx, extra))
             train_state = jax.device_put(host_state, replicated)
             t0 = time.perf_counter()
             compiled = (
@@ -310,6 +345,9 @@ def main(argv=None) -> dict:
     unknown = sorted(set(methods) - set(HPARAMS))
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; known: {sorted(HPARAMS)}")
+    jax_only = sorted(set(methods) & set(_feature_hparams()))
+    if jax_only and args.framework != "jax":
+        raise SystemExit(f"no PyTorch reference step for {jax_only}: use --framework jax")
     variants = {}
     if args.framework in ("jax", "both"):
         modes = ["off", "pointwise"] if args.fast_conv == "compare" else [args.fast_conv]
