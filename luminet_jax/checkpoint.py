@@ -59,6 +59,22 @@ def _tree_metadata(item_metadata: Any) -> Any:
     return getattr(item_metadata, "tree", item_metadata)
 
 
+def _restore_on_host(item_path: str) -> Any:
+    """A saved pytree as numpy arrays, ignoring the saved shardings and devices.
+
+    Restoring as np.ndarray needs no device topology, so a checkpoint written by several
+    processes (or on N devices) reads back in any single process.
+    """
+    ckptr = ocp.PyTreeCheckpointer()
+    try:
+        meta = ckptr.metadata(item_path)
+        tree = _tree_metadata(getattr(_tree_metadata(meta), "item_metadata", meta))
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        return ckptr.restore(item_path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    finally:
+        ckptr.close()
+
+
 class Checkpointer:
     """Saves and restores a `TrainState` under `<workdir>/ckpt` (async saves; call `wait`)."""
 
@@ -124,9 +140,7 @@ class Checkpointer:
             raise FileNotFoundError(f"No checkpoint in {self.directory}.")
         path = os.path.join(self.directory, str(step))
         try:
-            target = _target_from_metadata(_tree_metadata(self._mngr.item_metadata(step)))
-            restored = self._mngr.restore(step, args=ocp.args.StandardRestore(target))
-            return jax.tree.map(jnp.asarray, restored)
+            return jax.tree.map(jnp.asarray, _restore_on_host(os.path.join(path, "default")))
         except Exception as e:
             raise RuntimeError(
                 f"Could not read checkpoint {path} ({_cause(e)}). {_DELETE_HINT}"

@@ -41,14 +41,16 @@ class StopRequest:
         With several processes all must stop at the same step (saving is collective), so
         the flag is only read at `sync` points (log steps), where it is all-gathered.
         """
-        flag = self.signum is not None
         if jax.process_count() > 1:
             if not sync:
                 return False
             from jax.experimental import multihost_utils  # noqa: PLC0415
 
-            flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-        return flag
+            # Every process takes the signal one of them got, so all exit alike.
+            signums = multihost_utils.process_allgather(np.asarray(self.signum or 0))
+            if self.signum is None and np.max(signums) > 0:
+                self.signum = int(np.max(signums))
+        return self.signum is not None
 
     def exception(self) -> BaseException:
         if self.signum == signal.SIGTERM:
