@@ -129,11 +129,11 @@ def test_sigterm_to_one_process_stops_both_at_one_step(data, tmp_path):
     workdir = tmp_path / "run"
     procs = _launch(workdir, data, 100_000, processes=2, devices=4, port=_free_port())
     deadline = time.time() + 300
-    while not _losses(workdir) and time.time() < deadline:  # wait for training to start
+    while len(_losses(workdir)) < 3 and time.time() < deadline:  # training is under way
         time.sleep(1)
     assert _losses(workdir), "training did not start"
     procs[1].send_signal(signal.SIGTERM)
-    codes = _wait(procs, timeout=300)
+    codes = _wait(procs, timeout=600)
     assert codes == [128 + signal.SIGTERM] * 2, codes
     latest = checkpoint.Checkpointer(str(workdir)).latest_step()
     assert latest is not None and latest == max(_losses(workdir))
