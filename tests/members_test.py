@@ -125,6 +125,7 @@ def test_three_seeds_in_one_job_equal_three_runs(colour_data, tmp_path):
     ]
 
 
+@pytest.mark.slow  # four runs (~2 min on 2 cores); run with -m slow
 def test_seeds_job_with_a_teacher_resumes(colour_data, tmp_path):
     teacher_dir = tmp_path / "teacher"
     train.train_and_evaluate(_members_config(data=colour_data, steps=2), str(teacher_dir))
