@@ -97,6 +97,7 @@ def _members_config(method="teacher", *, seeds="", seed=0, data, steps=4, **kw):
     return config
 
 
+@pytest.mark.slow  # six runs (~2.5 min on 2 cores); the float64 step test stays default
 def test_three_seeds_in_one_job_equal_three_runs(colour_data, tmp_path):
     job_dir = tmp_path / "group" / "vanilla"  # the studies' layout: ROOT/<group>/<method>/
     job = train.train_and_evaluate(_members_config(seeds="0,1,2", data=colour_data), str(job_dir))

@@ -130,6 +130,7 @@ def test_imagenet_config_streams_through_tf_data(jpeg_folder, full_run, tmp_path
     chex.assert_trees_all_close(resumed["state"].params, full["state"].params, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # a third 4-step run of the streaming path
 def test_bfloat16_compute_tracks_float32(jpeg_folder, full_run, tmp_path):
     workdir, full = full_run
     bf16 = train.train_and_evaluate(_config(jpeg_folder, compute_dtype="bfloat16"), str(tmp_path))
