@@ -48,12 +48,31 @@ def distiller_inputs(
     return to_float(s_logits), lax.stop_gradient(to_float(t_logits))
 
 
-def batch_mean(per_sample: jax.Array, axis_name: str | None = None) -> jax.Array:
-    """Mean over the batch; with `axis_name`, the mean over the global batch (equal shards)."""
-    mean = jnp.mean(per_sample, axis=0)
+def batch_mean(
+    per_sample: jax.Array, axis_name: str | None = None, mask: jax.Array | None = None
+) -> jax.Array:
+    """Mean over the batch; with `axis_name`, the mean over the global batch (equal shards).
+
+    With `mask` (B,) (padded rows False / 0), the mean over the valid rows only, of the
+    global batch with `axis_name` (0 when no row is valid); masked rows get no gradient.
+    """
+    if mask is None:
+        mean = jnp.mean(per_sample, axis=0)
+        return mean if axis_name is None else lax.pmean(mean, axis_name)
+    valid = jnp.asarray(mask).astype(bool)
+    total = jnp.sum(jnp.where(valid, per_sample, 0), axis=0)
+    count = jnp.sum(valid).astype(total.dtype)
     if axis_name is not None:
-        mean = lax.pmean(mean, axis_name)
-    return mean
+        total, count = lax.psum((total, count), axis_name)
+    return total / jnp.maximum(count, 1)
+
+
+def check_mask(mask: jax.Array | None, logits: jax.Array) -> None:
+    """Raises a ValueError (at trace time) unless `mask` is None or of shape (B,)."""
+    if mask is not None and jnp.shape(mask) != jnp.shape(logits)[:1]:
+        raise ValueError(
+            f"mask must have shape (batch,) = {jnp.shape(logits)[:1]}; got {jnp.shape(mask)}."
+        )
 
 
 def kl_per_sample(s_logits: jax.Array, t_logits: jax.Array) -> jax.Array:
@@ -64,7 +83,11 @@ def kl_per_sample(s_logits: jax.Array, t_logits: jax.Array) -> jax.Array:
 
 
 def softmax_xent(
-    logits: jax.Array, labels: jax.Array, *, axis_name: str | None = None
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    axis_name: str | None = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Mean cross-entropy of integer labels (torch's `F.cross_entropy`).
 
@@ -72,14 +95,16 @@ def softmax_xent(
       logits: (B, C), any float dtype; computed in at least float32.
       labels: (B,) integer class indices.
       axis_name: data axis; the result is then the global-batch mean.
+      mask: (B,) row validity; the mean is then over the valid rows (`batch_mean`).
 
     Returns:
       A scalar.
     """
     check_logits(logits, labels=labels)
+    check_mask(mask, logits)
     logp = jax.nn.log_softmax(to_float(logits), axis=-1)
     nll = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
-    return batch_mean(nll, axis_name)
+    return batch_mean(nll, axis_name, mask)
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, *, k: int = 1) -> jax.Array:

@@ -62,6 +62,7 @@ def dkd_loss(
     beta: float,
     temperature: float,
     axis_name: str | None = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """alpha * TCKD + beta * NCKD, each summed over classes, times T^2, divided by B.
 
@@ -73,12 +74,14 @@ def dkd_loss(
       beta: NCKD weight.
       temperature: T.
       axis_name: data axis; the division is then by the global batch.
+      mask: (B,) row validity (padded RoIs); the division is then by the valid rows.
 
     Returns:
       A scalar (no warmup ramp; the distiller applies it).
     """
+    common.check_mask(mask, s_logits)
     tckd, nckd = dkd_parts(s_logits, t_logits, labels, temperature=temperature)
-    return common.batch_mean(alpha * tckd + beta * nckd, axis_name)
+    return common.batch_mean(alpha * tckd + beta * nckd, axis_name, mask)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,10 +113,11 @@ class DKD(base.LogitDistiller):
         *,
         epoch: jax.Array | int,
         axis_name: str | None = None,
+        mask: jax.Array | None = None,
         **unused: Any,  # the contract's feature/state keywords (base.Distiller)
     ) -> base.LossOutput:
         s_logits, t_logits = common.distiller_inputs(s_logits, t_logits, labels)
-        ce = self.ce_weight * common.softmax_xent(s_logits, labels, axis_name=axis_name)
+        ce = self.ce_weight * common.softmax_xent(s_logits, labels, axis_name=axis_name, mask=mask)
         kd = dkd_loss(
             self._prepare(s_logits),
             self._prepare(t_logits),
@@ -122,6 +126,7 @@ class DKD(base.LogitDistiller):
             beta=self.beta,
             temperature=self.temperature,
             axis_name=axis_name,
+            mask=mask,
         )
         kd = common.warmup_ramp(epoch, self.warmup_epochs, kd.dtype) * kd
         return base.LossOutput(total=ce + kd, parts={"loss_ce": ce, "loss_kd": kd})

@@ -16,6 +16,7 @@ def kd_loss(
     *,
     temperature: float,
     axis_name: str | None = None,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """T^2 * batchmean KL(softmax(z_t / T) || softmax(z_s / T)) (mdistiller's `kd_loss`).
 
@@ -24,14 +25,16 @@ def kd_loss(
       t_logits: (B, C) teacher logits (not detached here).
       temperature: T.
       axis_name: data axis; the batch mean is then over the global batch.
+      mask: (B,) row validity (padded RoIs); the mean is then over the valid rows.
 
     Returns:
       A scalar.
     """
     common.check_logits(s_logits, t_logits)
+    common.check_mask(mask, s_logits)
     s = common.to_float(s_logits) / temperature
     t = common.to_float(t_logits) / temperature
-    return temperature**2 * common.batch_mean(common.kl_per_sample(s, t), axis_name)
+    return temperature**2 * common.batch_mean(common.kl_per_sample(s, t), axis_name, mask)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,15 +62,17 @@ class KD(base.LogitDistiller):
         *,
         epoch: jax.Array | int,
         axis_name: str | None = None,
+        mask: jax.Array | None = None,
         **unused: Any,  # the contract's feature/state keywords (base.Distiller)
     ) -> base.LossOutput:
         del epoch  # KD has no warmup.
         s_logits, t_logits = common.distiller_inputs(s_logits, t_logits, labels)
-        ce = self.ce_weight * common.softmax_xent(s_logits, labels, axis_name=axis_name)
+        ce = self.ce_weight * common.softmax_xent(s_logits, labels, axis_name=axis_name, mask=mask)
         kd = self.kd_weight * kd_loss(
             self._prepare(s_logits),
             self._prepare(t_logits),
             temperature=self.temperature,
             axis_name=axis_name,
+            mask=mask,
         )
         return base.LossOutput(total=ce + kd, parts={"loss_ce": ce, "loss_kd": kd})

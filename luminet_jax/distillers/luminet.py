@@ -27,6 +27,27 @@ def _moments(z: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]
     return mean, var
 
 
+def _masked_moments(
+    z: jax.Array, mask: jax.Array, axis_name: str | None
+) -> tuple[jax.Array, jax.Array]:
+    """Per-class mean and population variance over the valid rows of z (b, C), keepdims.
+
+    With `axis_name`, over the valid rows of the global batch (shards may hold different
+    numbers of them): sums and counts are `psum`med.
+    """
+    valid = jnp.asarray(mask).astype(bool)[:, None]
+
+    def global_mean(x):
+        total = jnp.sum(jnp.where(valid, x, 0), axis=0, keepdims=True)
+        count = jnp.sum(valid).astype(x.dtype)
+        if axis_name is not None:
+            total, count = lax.psum((total, count), axis_name)
+        return total / jnp.maximum(count, 1)
+
+    mean = global_mean(z)
+    return mean, global_mean(jnp.square(z - mean))
+
+
 def _spanning_group_moments(
     z: jax.Array, axis_name: str, shards_per_group: int
 ) -> tuple[jax.Array, jax.Array]:
@@ -49,6 +70,7 @@ def perception(
     eps: float = DEFAULT_EPS,
     axis_name: str | None = None,
     stats_groups: int = 1,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """LumiNet's perceived logits h = (z - U) / sqrt(V + eps), U and V per class over the batch.
 
@@ -60,18 +82,27 @@ def perception(
       stats_groups: G > 1 computes U and V separately in G equal consecutive groups of the
         (global) batch, as the reference's `nn.DataParallel` did per GPU. With `axis_name`,
         each group must lie in one shard or span whole shards.
+      mask: (B,) row validity (padded RoIs): U and V are then over the valid rows only (of
+        the global batch with `axis_name`); the masked rows' outputs are meaningless.
 
     Returns:
       (B, C) standardised logits, differentiable through U and V.
 
     Raises:
-      ValueError: logits not rank 2, or the batch not divisible into `stats_groups` groups.
+      ValueError: logits not rank 2, the batch not divisible into `stats_groups` groups, or
+        a mask with `stats_groups` > 1.
     """
     common.check_logits(logits)
+    common.check_mask(mask, logits)
     z = common.to_float(logits)
     batch, num_classes = z.shape
     if not isinstance(stats_groups, int) or stats_groups < 1:
         raise ValueError(f"stats_groups must be a positive integer; got {stats_groups!r}.")
+    if mask is not None:
+        if stats_groups != 1:
+            raise ValueError("perception: a mask needs stats_groups=1 (global statistics).")
+        mean, var = _masked_moments(z, mask, axis_name)
+        return (z - mean) / jnp.sqrt(var + eps)
     if stats_groups == 1:
         mean, var = _moments(z, axis_name)
     elif axis_name is None:
@@ -107,6 +138,7 @@ def luminet_kl(
     eps: float = DEFAULT_EPS,
     axis_name: str | None = None,
     stats_groups: int = 1,
+    mask: jax.Array | None = None,
 ) -> jax.Array:
     """Unweighted KL_lumi: batchmean KL(teacher || student) of softmax(perception(z) / T).
 
@@ -117,16 +149,17 @@ def luminet_kl(
       eps: see `perception`.
       axis_name: data axis; statistics and the batch mean are then global.
       stats_groups: see `perception`.
+      mask: (B,) row validity (padded RoIs): statistics and the mean over valid rows only.
 
     Returns:
       A scalar (no T^2 factor, no alpha^2 weight).
     """
     common.check_logits(s_logits, t_logits)
-    kw = dict(eps=eps, axis_name=axis_name, stats_groups=stats_groups)
+    kw = dict(eps=eps, axis_name=axis_name, stats_groups=stats_groups, mask=mask)
     s_h = perception(s_logits, **kw)
     t_h = perception(t_logits, **kw)
     per_sample = common.kl_per_sample(s_h / temperature, t_h / temperature)
-    return common.batch_mean(per_sample, axis_name)
+    return common.batch_mean(per_sample, axis_name, mask)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -161,10 +194,11 @@ class LumiNet(base.LogitDistiller):
         *,
         epoch: jax.Array | int,
         axis_name: str | None = None,
+        mask: jax.Array | None = None,
         **unused: Any,  # the contract's feature/state keywords (base.Distiller)
     ) -> base.LossOutput:
         s_logits, t_logits = common.distiller_inputs(s_logits, t_logits, labels)
-        ce = common.softmax_xent(s_logits, labels, axis_name=axis_name)
+        ce = common.softmax_xent(s_logits, labels, axis_name=axis_name, mask=mask)
         # alpha is squared, as in LumiNet's released code (alpha=33 -> weight 1089).
         kd = self.alpha**2 * luminet_kl(
             s_logits,
@@ -173,6 +207,7 @@ class LumiNet(base.LogitDistiller):
             eps=self.eps,
             axis_name=axis_name,
             stats_groups=self.stats_groups,
+            mask=mask,
         )
         kd = common.warmup_ramp(epoch, self.warmup_epochs, kd.dtype) * kd
         return base.LossOutput(

@@ -27,10 +27,11 @@ class Vanilla(base.LogitDistiller):
         *,
         epoch: jax.Array | int,
         axis_name: str | None = None,
+        mask: jax.Array | None = None,
         **unused: Any,  # the contract's feature/state keywords (base.Distiller)
     ) -> base.LossOutput:
         del t_logits, epoch  # Unused: CE only.
         common.check_logits(s_logits, labels=labels)
-        ce = self.ce_weight * common.softmax_xent(s_logits, labels, axis_name=axis_name)
+        ce = self.ce_weight * common.softmax_xent(s_logits, labels, axis_name=axis_name, mask=mask)
         # A zero "loss_kd" keeps the logged keys the same for every method.
         return base.LossOutput(total=ce, parts={"loss_ce": ce, "loss_kd": jnp.zeros_like(ce)})
