@@ -139,6 +139,7 @@ def test_table5_runs_autoaugment_and_sweeps_vary_one_field(tmp_path, capsys):
     }
 
 
+@pytest.mark.slow  # its fixture trains a teacher and three students (~35 s)
 def test_table1_runner_and_collector_end_to_end(table1_root, tmp_path):
     root, _, records = table1_root
     assert [r["status"] for r in records] == ["done"]
@@ -226,6 +227,7 @@ def test_linear_probe_separates_and_is_deterministic():
     np.testing.assert_allclose(np.asarray(probe.probe_logits(zero, feats[:3])), 0.0)
 
 
+@pytest.mark.slow  # shares the Table 1 fixture's trained students
 def test_transfer_probe_on_distilled_students(table1_root, tmp_path):
     root, data, _ = table1_root
     from luminet_jax.data import input_pipeline  # noqa: PLC0415
@@ -265,6 +267,7 @@ def test_features_resize_to_the_model_input():
     assert jax.numpy.isfinite(out).all()
 
 
+@pytest.mark.slow  # times every method's step (~25 s)
 def test_table3_times_each_method(tmp_path):
     from experiments.table3_time import run as t3_run  # noqa: PLC0415
 

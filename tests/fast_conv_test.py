@@ -155,6 +155,7 @@ def _resnet8_or_none(**kw):
         return None
 
 
+@pytest.mark.slow  # two sharded train-step compilations (~25 s); the op tests stay
 def test_sharded_train_step_is_unchanged():
     """A sharded LumiNet step (resnet8, 16x16, 2 devices) is the same with and without wrap.
 

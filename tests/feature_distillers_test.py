@@ -39,7 +39,9 @@ def needs_losses(name):
         "vid": ["vid_loss"], "nst": ["nst_loss"], "kdsvd": ["kdsvd_loss"],
         "ofd": ["ofd_margin", "ofd_loss"], "reviewkd": ["hcl_loss"], "fitnet": [],
     }[name]  # fmt: skip
-    return pytest.param(name, marks=has_fl(*needed))
+    # ReviewKD's 8-device check compiles its ABF modules twice (~15 s): run with -m slow.
+    slow = (pytest.mark.slow,) if name == "reviewkd" else ()
+    return pytest.param(name, marks=(has_fl(*needed), *slow))
 
 
 METHOD_PARAMS = [needs_losses(n) for n in FEATURE_METHODS]

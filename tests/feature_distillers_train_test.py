@@ -39,10 +39,10 @@ HPARAMS = {
         out_shapes=(1, 2, 4, 8),
     ),  # fmt: skip
 }
-# OFD runs by default: learnable connectors, BatchNorm statistics and margins in the extra
-# state, and the teacher on batch statistics. The others are marked slow (about 95-130 s
-# each on a loaded 2-core machine); all ten passed there with -m slow.
-DEFAULT = {"ofd"}
+# All are marked slow (about 50 s for OFD, 95-130 s for the others on a loaded 2-core
+# machine; all ten passed there with -m slow). The default suite keeps the contract's
+# pieces (tests/steps_extra_test.py: extra params trained with the student, state carried).
+DEFAULT: set[str] = set()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -109,6 +109,7 @@ def full_run(jpeg_folder, tmp_path_factory):
     return workdir, train.train_and_evaluate(_config(jpeg_folder), str(workdir))
 
 
+@pytest.mark.slow  # ~100 s on 2 cores (tf.data start-up and two compilations)
 def test_imagenet_config_streams_through_tf_data(jpeg_folder, full_run, tmp_path, monkeypatch):
     config = _config(jpeg_folder)
     assert config.dataset.device_resident is False and config.dataset.augment in ("", "imagenet")

@@ -247,6 +247,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_good_checkpoint(tmp_path):
     assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == bad_step
 
 
+@pytest.mark.slow  # a second training run (~16 s); fast_conv_test checks the op itself
 def test_fast_conv_option_trains_the_same(teacher_run, colour_data, tmp_path):
     teacher_dir, _ = teacher_run
     runs = {}
