@@ -3,8 +3,12 @@
 The config files import it as `from luminet_jax import config_lib as common`, so they load
 from a checkout and from an installed package alike.
 
-Every config has the same top-level sections (read only by `luminet_jax/train.py`):
+Every config has the same top-level sections (read by `luminet_jax/train.py` and its task,
+`luminet_jax/tasks.py`):
 
+    task              absent or "classification" (the sections below), or "detection"
+                      (`detection()` below; dataset/student/teacher as in
+                      luminet_jax/detection/task.py)
     seed              int
     seeds             "" (one run with `seed`) or "0,1,2": one run per seed in one job,
                       written to W/seed{k}/ as `seed=k` would write W/
@@ -22,7 +26,8 @@ Every config has the same top-level sections (read only by `luminet_jax/train.py
                       further keys are model fields (e.g. patch_size); unused by vanilla
     distiller         get_distiller kwargs, including name
     optim             make_optimizer kwargs minus learning_rate
-    schedule          make_schedule kwargs minus steps_per_epoch
+    schedule          make_schedule kwargs minus steps_per_epoch (decay_epochs, or
+                      decay_steps + warmup_steps for iteration-based recipes)
     log_every_steps, eval_every_epochs (eval_every_steps > 0 overrides it),
     ckpt_every_steps, keep_checkpoints, eval_teacher
 
@@ -212,3 +217,75 @@ def imagenet(**overrides: Any) -> ml_collections.ConfigDict:
     config.ckpt_every_steps = 2500
     config.update(overrides)
     return config
+
+
+# Detection (config.task = "detection"; luminet_jax/detection/task.py reads these sections).
+DETECTION_METHODS = ("vanilla", "kd", "dkd", "luminet")
+
+
+def detection(**overrides: Any) -> ml_collections.ConfigDict:
+    """Faster R-CNN + FPN on COCO, detectron2's / mdistiller's recipe (DESIGN.md section 7).
+
+    Batch 8, lr 0.01, 180k iterations with decays at 120k and 160k, 1000-iteration linear
+    warmup (factor 0.001), SGD momentum 0.9, weight decay 1e-4; train short side 640..800
+    (step 32) + flip, max 1333; test short side 800. Images are padded to 1344 x 1344.
+    """
+    config = base()
+    config.task = "detection"
+    config.dataset = dict(
+        name="coco2017",
+        data_dir="",
+        pad_size=(1344, 1344),  # multiples of 32, >= max_size
+        max_gt=100,  # ground-truth slots per image (COCO: 93 at most after crowd removal)
+        short_sides=tuple(range(640, 801, 32)),
+        max_size=1333,
+        test_short_side=800,
+        test_max_size=1333,
+        flip=True,
+        filter_empty=True,
+        mean=(123.675, 116.28, 103.53),  # RGB in 0..255 (torchvision ImageNet backbones)
+        std=(58.395, 57.12, 57.375),
+        bgr=False,
+        num_workers=8,
+    )
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.num_epochs = 0
+    config.num_train_steps = 180_000
+    config.student = dict(name="faster_rcnn_r18_fpn", backbone_checkpoint="")
+    config.teacher = dict(name="faster_rcnn_r101_fpn", checkpoint="")
+    config.distiller = dict(name="vanilla")
+    config.optim = dict(momentum=0.9, weight_decay=1e-4, nesterov=False, clip_grad_norm=0.0)
+    config.schedule = dict(
+        base_lr=0.01,
+        decay_steps=(120_000, 160_000),
+        decay_rate=0.1,
+        warmup_steps=1000,
+        warmup_factor=0.001,
+    )
+    config.log_every_steps = 20
+    config.eval_every_epochs = 0
+    config.eval_every_steps = 10_000
+    config.ckpt_every_steps = 5000
+    config.eval_teacher = False
+    config.update(overrides)
+    return config
+
+
+def detection_methods(*, luminet: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """The distiller table of a detection pair: ce_weight 0 everywhere (the RoI head's
+    cross-entropy is already the detector's loss), no warmup (warmup_epochs=1: full weight
+    from the first epoch).
+
+    DKD: mdistiller's detection config (alpha 1, beta 0.25, T 1). KD: weight 1 at T 1 (the
+    temperature of the DKD and ImageNet recipes; no published detection KD setting here).
+    LumiNet: `luminet`, the caller's (no detection hyperparameters were published).
+    """
+    return {
+        "vanilla": dict(name="vanilla"),
+        "kd": dict(name="kd", ce_weight=0.0, kd_weight=1.0, temperature=1.0),
+        "dkd": dict(
+            name="dkd", ce_weight=0.0, alpha=1.0, beta=0.25, temperature=1.0, warmup_epochs=1
+        ),
+        "luminet": dict(name="luminet", ce_weight=0.0, **luminet, warmup_epochs=1, stats_groups=1),
+    }

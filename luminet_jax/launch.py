@@ -117,6 +117,11 @@ def initialize_distributed(args: dict[str, Any] | None) -> None:
 
 def teacher_hint(config, *, config_name: str, prog: str) -> str:
     """How to get a teacher checkpoint for `config` (the quickstart's own command for it)."""
+    from luminet_jax import tasks  # noqa: PLC0415
+
+    own = tasks.teacher_hint(config, prog=prog)  # e.g. detection's
+    if own is not None:
+        return own
     if config_name == "quickstart":
         return (
             f"train the quickstart teacher first: {prog} --config quickstart:teacher "
@@ -139,18 +144,17 @@ def preflight(config, *, config_name: str = "", prog: str = "luminet-train") -> 
       prog: the command, for the hints.
 
     Raises:
+      ValueError: an unknown config.task.
       KeyError: an unknown model or distiller name (the message lists the known ones).
       TypeError: a hyperparameter the distiller does not take.
       cli.UserError: a teacher checkpoint that is not set or does not exist.
     """
-    from luminet_jax import distillers, models  # noqa: PLC0415
+    from luminet_jax import distillers, tasks  # noqa: PLC0415
 
+    tasks.check_names(config)  # the task's model names (classifiers, or detectors)
     distiller = distillers.get_distiller(**config.distiller)
-    models.canonical_name(config.student.name)
     if not getattr(distiller, "uses_teacher", True):
         return
-    for name in filter(None, config.teacher.name.split(",")):
-        models.canonical_name(name.strip())
     paths = [p.strip() for p in config.teacher.checkpoint.split(",") if p.strip()]
     hint = teacher_hint(config, config_name=config_name, prog=prog)
     if not paths:

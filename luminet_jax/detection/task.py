@@ -1,0 +1,255 @@
+"""The detection task: Faster R-CNN (and its distillation) for train.py's one loop.
+
+`config.task = "detection"` selects it (`luminet_jax.tasks`). `build(config, *, mesh, seeds)`
+returns a `tasks.Task`: the detector's initialization (optionally an ImageNet backbone),
+resumable static-shape batches (`detection.data`), the train step (`detection.steps` for a
+distiller without a teacher, `detection.distill` with one) and COCO box AP over the eval
+split (`detection.coco`, primary metric "AP"). Config sections (configs/tiny_boxes_frcnn.py,
+configs/coco_frcnn_r101_r18.py):
+
+    dataset   name (`detection.sources`: "tiny_boxes_sample", "coco_dir:<path>", "coco2017"),
+              data_dir, pad_size (H, W), max_gt, short_sides, max_size (train),
+              test_short_side, test_max_size, flip, filter_empty, mean, std, bgr, num_workers
+    student   name (a key of `rcnn.DETECTORS`) + FasterRCNN fields (num_classes is the
+              dataset's), and backbone_checkpoint: "" or ImageNet ResNet weights
+              (`convert.load_backbone`: torchvision .pth, C2 .pkl, detectron2 names)
+    teacher   name (a DETECTORS key), checkpoint (a detection run's workdir, an orbax
+              directory of {"params", "frozen"}, or a detectron2 .pkl / .pth), + fields
+              that differ from the student's (the teacher gets the student's detector
+              fields otherwise: same RoI sampling, heads' widths, ...)
+    the rest as classification (batch_size, optim, schedule, distiller, ...).
+
+The teacher is loaded once, replicated, and never enters the TrainState or the checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from jax.sharding import PartitionSpec as P
+
+from luminet_jax import checkpoint, distillers, sharding, tasks
+from luminet_jax import state as state_lib
+from luminet_jax.detection import coco, data, rcnn, sources, steps
+
+AXIS = sharding.DATA_AXIS
+# config.student keys that are not FasterRCNN fields.
+_STUDENT_EXTRA = ("name", "backbone_checkpoint")
+
+
+def shard_predict(model: rcnn.FasterRCNN, mesh: Any):
+    """Jitted `predict(variables, batch)` per shard over "data" (`coco.evaluate`'s contract)."""
+    sharded = jax.shard_map(
+        steps.make_predict_step(model),
+        mesh=mesh,
+        in_specs=(P(), P(AXIS)),
+        out_specs=P(AXIS),
+        check_vma=True,
+    )
+    return jax.jit(sharded)
+
+
+def load_detector_variables(path: str, model: rcnn.FasterRCNN) -> dict[str, Any]:
+    """{"params", "frozen"} of `model` from a detection workdir, an orbax dir or a detectron2 file.
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      ValueError: an entry is missing, unexpected or of the wrong shape for `model`.
+    """
+    from luminet_jax.detection import convert  # noqa: PLC0415
+
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"Detection teacher checkpoint {path} does not exist (expected a detection run's "
+            "workdir, an orbax directory of {params, frozen} or a detectron2 .pkl / .pth)."
+        )
+    if os.path.isfile(path):
+        return convert.from_detectron2(model, convert.load_state_dict(path))
+    if os.path.isdir(os.path.join(path, checkpoint.CKPT_SUBDIR)):
+        ckpt = checkpoint.Checkpointer(path)
+        try:
+            raw = ckpt.restore_raw()
+        finally:
+            ckpt.close()
+        variables = {"params": raw["params"], "frozen": raw.get("batch_stats") or {}}
+    else:
+        loaded = checkpoint.load_variables(path)
+        variables = {"params": loaded["params"], "frozen": loaded.get("frozen") or {}}
+    checkpoint.validate_variables(
+        variables, rcnn.abstract_variables(model), source=f"detection teacher {path}"
+    )
+    return variables
+
+
+def _fields(section: ml_collections.ConfigDict, skip: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k not in skip}
+
+
+def _data_kwargs(ds: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(make_train_iter kwargs, make_eval_iter kwargs) of the dataset section."""
+    common = dict(
+        pad_size=tuple(ds.pad_size),
+        max_gt=ds.max_gt,
+        mean=tuple(ds.mean),
+        std=tuple(ds.std),
+        bgr=ds.bgr,
+        num_workers=ds.num_workers,
+    )
+    train = dict(
+        common,
+        short_sides=tuple(ds.short_sides),
+        max_size=ds.max_size,
+        flip=ds.flip,
+        filter_empty=ds.filter_empty,
+    )
+    return train, dict(common, short_side=ds.test_short_side, max_size=ds.test_max_size)
+
+
+def build(config: ml_collections.ConfigDict, *, mesh: Any, seeds: list[int]) -> tasks.Task:
+    """The detection task of `config` (see the module docstring for its sections).
+
+    Raises:
+      ValueError: seeds in one job, a feature distiller, a training split smaller than one
+        batch, a teacher checkpoint that does not match the teacher detector.
+    """
+    if seeds:
+        raise ValueError(
+            f"config.seeds={config.seeds!r}: several seeds in one job are not supported for "
+            "detection; run one job per seed (--config.seed=K)."
+        )
+    distiller = distillers.get_distiller(**config.distiller)
+    uses_teacher = bool(getattr(distiller, "uses_teacher", True))
+    if getattr(distiller, "uses_feats", False) or hasattr(distiller, "data_state"):
+        raise ValueError(
+            f"distiller {config.distiller.name!r} is not supported for detection: only logit "
+            "distillers (on the RoI head's class logits) are."
+        )
+    ds = config.dataset
+    source = sources.get_source(ds.name, ds.data_dir or None)
+    train_split, eval_split = source.split(source.train_split), source.split(source.eval_split)
+    train_kwargs, eval_kwargs = _data_kwargs(ds)
+    steps_per_epoch = data.train_steps_per_epoch(
+        train_split,
+        global_batch=config.batch_size,
+        process_count=jax.process_count(),
+        filter_empty=ds.filter_empty,
+    )
+    if steps_per_epoch <= 0:
+        raise ValueError(f"{train_split.size} training images < batch {config.batch_size}")
+    dtype = jnp.dtype(config.compute_dtype) if config.compute_dtype else None
+    fields = _fields(config.student, _STUDENT_EXTRA)
+    num_classes = source.num_classes
+    student = rcnn.get_detector(config.student.name, num_classes=num_classes, dtype=dtype, **fields)
+    pad_size = tuple(ds.pad_size)
+
+    teacher, teacher_vars = None, None
+    if uses_teacher:
+        t_fields = {**fields, **_fields(config.teacher, ("name", "checkpoint"))}
+        teacher = rcnn.get_detector(
+            config.teacher.name, num_classes=num_classes, dtype=dtype, **t_fields
+        )
+        if not config.teacher.checkpoint:
+            raise ValueError(
+                f"{config.distiller.name} needs a teacher, but config.teacher.checkpoint is "
+                "empty (set --config.teacher.checkpoint=PATH)."
+            )
+        logging.info("Loading teacher %s from %s", config.teacher.name, config.teacher.checkpoint)
+        teacher_vars = load_detector_variables(config.teacher.checkpoint, teacher)
+        teacher_vars = jax.device_put(teacher_vars, sharding.replicated(mesh))
+
+    tx, lr_fn = tasks.make_optimizer(config, steps_per_epoch)
+
+    def init(seed, teacher_variables):
+        del teacher_variables
+        # rbg keys: XLA compiles threefry for ~100 initializers very slowly on CPU (rcnn).
+        v = rcnn.init_variables(student, jax.random.key(seed, impl="rbg"), image_size=pad_size)
+        return state_lib.create_train_state({"params": v["params"], "batch_stats": v["frozen"]}, tx)
+
+    prepare_state = None
+    if config.student.get("backbone_checkpoint", ""):
+        prepare_state = _backbone_loader(student, config.student.backbone_checkpoint, tx)
+
+    if uses_teacher:
+        from luminet_jax.detection import distill  # noqa: PLC0415  (the lead's module)
+
+        train_step = distill.make_train_step(
+            student,
+            teacher,
+            distiller,
+            tx,
+            axis_name=AXIS,
+            lr_fn=lr_fn,
+            seed=config.seed,
+            steps_per_epoch=steps_per_epoch,
+        )
+    else:
+        train_step = steps.make_train_step(
+            student, tx, axis_name=AXIS, lr_fn=lr_fn, seed=config.seed
+        )
+
+    def train_batches(start_step: int):
+        it = data.make_train_iter(
+            train_split,
+            global_batch=config.batch_size,
+            seed=config.seed,
+            start_step=start_step,
+            **train_kwargs,
+        )
+        return lambda step: sharding.to_global(next(it), mesh)
+
+    def eval_batches():
+        for local in data.make_eval_iter(
+            eval_split, global_batch=config.eval_batch_size, **eval_kwargs
+        ):
+            yield sharding.to_global(local, mesh)
+
+    predict = shard_predict(student, mesh)
+    gt = eval_split.gt()
+
+    def evaluate(state):
+        return coco.evaluate(predict, steps.variables_of(state), eval_batches(), gt)
+
+    evaluate_teacher = None
+    if uses_teacher and config.eval_teacher:
+        t_predict = shard_predict(teacher, mesh)
+        evaluate_teacher = lambda: coco.evaluate(t_predict, teacher_vars, eval_batches(), gt)  # noqa: E731
+
+    return tasks.Task(
+        metric="AP",
+        steps_per_epoch=steps_per_epoch,
+        init=init,
+        teacher_variables=teacher_vars,
+        train_batches=train_batches,
+        train_step=train_step,
+        evaluate=evaluate,
+        evaluate_teacher=evaluate_teacher,
+        prepare_state=prepare_state,
+        train_metric="fast_rcnn/cls_accuracy",
+        describe=f"Detector {config.student.name} ({num_classes} classes, {ds.name})",
+        teacher_name=config.teacher.name if uses_teacher else "",
+    )
+
+
+def _backbone_loader(model: rcnn.FasterRCNN, path: str, tx: Any):
+    """A `prepare_state` hook that puts ImageNet ResNet weights into the state's backbone."""
+    from luminet_jax.detection import convert  # noqa: PLC0415
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.student.backbone_checkpoint {path} does not exist.")
+    state_dict = convert.load_state_dict(path)
+
+    def prepare(state: state_lib.TrainState) -> state_lib.TrainState:
+        variables = jax.device_get(steps.variables_of(state))
+        loaded = convert.load_backbone(model, variables, state_dict)
+        logging.info("Student backbone from %s", path)
+        return state_lib.create_train_state(
+            {"params": loaded["params"], "batch_stats": loaded["frozen"]}, tx
+        )
+
+    return prepare
