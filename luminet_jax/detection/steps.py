@@ -15,6 +15,7 @@ Under shard_map the step differentiates the global loss (`pmean` of the shards' 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import optax
@@ -24,6 +25,8 @@ from luminet_jax import state as state_lib
 from luminet_jax.detection import losses, rcnn
 
 Metrics = dict[str, jax.Array]
+# (aux, batch, teacher_variables, step) -> (loss, parts): a term added to the detector's loss.
+ExtraLoss = Callable[[dict, dict, Any, jax.Array], tuple[jax.Array, Metrics]]
 
 
 def variables_of(state: state_lib.TrainState) -> dict:
@@ -38,17 +41,20 @@ def make_train_step(
     axis_name: str | None = None,
     lr_fn: Callable[[jax.Array], jax.Array] | None = None,
     seed: int = 0,
+    extra_loss: ExtraLoss | None = None,
 ) -> Callable[[state_lib.TrainState, object, dict], tuple[state_lib.TrainState, Metrics]]:
-    """Builds `train_step(state, teacher_variables, batch) -> (state, metrics)` (vanilla).
+    """Builds `train_step(state, teacher_variables, batch) -> (state, metrics)`.
 
-    `teacher_variables` is accepted for the trainer's calling convention and ignored. The
-    samplers' key is `fold_in(key(seed), step)`, the same on every shard (images then fold in
-    their global index). Metrics (global batch): "loss", the four losses, detectron2's
+    Vanilla without `extra_loss`: `teacher_variables` is then accepted for the trainer's
+    calling convention and ignored. With `extra_loss` (distillation, `detection.distill`),
+    `extra_loss(aux, batch, teacher_variables, step)` gives a global-batch loss added to the
+    detector's and its parts, logged beside the detector's. The samplers' key is
+    `fold_in(key(seed), step)`, the same on every shard (images then fold in their global
+    index). Metrics (global batch): "loss", the four losses, detectron2's
     "fast_rcnn/*" classification stats, "grad_norm", "param_norm" and "lr" (with `lr_fn`).
     """
 
     def train_step(state, teacher_variables, batch):
-        del teacher_variables
         key = jax.random.fold_in(jax.random.key(seed), state.step)
 
         def loss_fn(params):
@@ -56,7 +62,11 @@ def make_train_step(
             parts, aux = rcnn.train_forward(model, variables, batch, key, axis_name=axis_name)
             if axis_name is not None:
                 parts = lax.pmean(parts, axis_name)  # each shard's share -> global losses
-            return rcnn.total_loss(parts), (parts, aux)
+            loss = rcnn.total_loss(parts)
+            if extra_loss is not None:
+                extra, extra_parts = extra_loss(aux, batch, teacher_variables, state.step)
+                loss, parts = loss + extra, {**parts, **extra_parts}
+            return loss, (parts, aux)
 
         (loss, (parts, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -1,0 +1,151 @@
+"""RoI-logit distillation in the detection step (`detection.distill`): the teacher's RPN is never
+run, its logits carry no gradient, it never enters the state, the distiller sees only valid
+RoIs, and 8 devices equal 1. Tiny detectors; the compiled checks are slow (minutes on CPU)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from luminet_jax import distillers, sharding
+from luminet_jax import state as state_lib
+from luminet_jax.detection import distill, rcnn
+
+NUM_CLASSES = 3
+TINY = dict(
+    num_classes=NUM_CLASSES,
+    stem_channels=8,
+    fpn_channels=16,
+    fc_dim=32,
+    rpn_pre_nms_topk_train=64,
+    rpn_pre_nms_topk_test=64,
+    rpn_post_nms_topk_train=32,
+    rpn_post_nms_topk_test=64,
+    rpn_batch_size_per_image=32,
+    roi_batch_size_per_image=16,
+)
+SIZE = 64
+TX = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
+
+
+def _batch(b: int, seed: int = 0) -> dict:
+    """b noisy 64x64 images with 1-2 bright boxes each (the last gt slot is padding)."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(0, 0.3, (b, SIZE, SIZE, 3)).astype(np.float32)
+    boxes = np.zeros((b, 3, 4), np.float32)
+    classes = np.zeros((b, 3), np.int32)
+    mask = np.zeros((b, 3), bool)
+    for i in range(b):
+        for j in range(1 + i % 2):
+            w, h = rng.integers(12, 36, 2)
+            x, y = rng.integers(0, SIZE - w), rng.integers(0, SIZE - h)
+            boxes[i, j] = (x, y, x + w, y + h)
+            classes[i, j] = rng.integers(0, NUM_CLASSES)
+            images[i, y : y + h, x : x + w, classes[i, j]] += 2.0
+            mask[i, j] = True
+    sizes = np.tile(np.asarray([[SIZE, SIZE]], np.int32), (b, 1))
+    return {"image": images, "boxes": boxes, "classes": classes, "gt_mask": mask,
+            "image_size": sizes}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def models():
+    student = rcnn.get_detector("faster_rcnn_r18_fpn", **TINY)
+    teacher = rcnn.get_detector("faster_rcnn_r18_fpn", **{**TINY, "fc_dim": 48})
+    return student, teacher
+
+
+def _without_rpn(variables):
+    """The teacher's variables with its RPN head removed: a step that ran it would fail."""
+    return {
+        col: {k: v for k, v in tree.items() if k != "proposal_generator"}
+        for col, tree in variables.items()
+    }
+
+
+def _state(variables):
+    v = jax.tree.map(jnp.copy, variables)  # copies: the step donates its state
+    return state_lib.create_train_state({"params": v["params"], "batch_stats": v["frozen"]}, TX)
+
+
+def _step(models, name, axis_name=None, **hparams):
+    student, teacher = models
+    distiller = distillers.get_distiller(name, ce_weight=0.0, **hparams)
+    return distill.make_train_step(
+        student, teacher, distiller, TX, steps_per_epoch=10, axis_name=axis_name, seed=3
+    )
+
+
+def test_step_traces_without_the_teacher_rpn_and_keeps_the_teacher_out_of_the_state(models):
+    student, teacher = models
+    s_vars = rcnn.abstract_variables(student)
+    t_vars = _without_rpn(rcnn.abstract_variables(teacher))
+    assert "proposal_generator" in s_vars["params"]
+    state = jax.eval_shape(_state, s_vars)
+    new_state, metrics = jax.eval_shape(_step(models, "luminet"), state, t_vars, _batch(2))
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)  # no teacher inside
+    assert {"distill/loss_kd", "distill/loss_ce", "loss", *rcnn.LOSS_KEYS} <= set(metrics)
+
+
+def test_bad_teacher_is_named(models):
+    student, _ = models
+    kd = distillers.get_distiller("kd", ce_weight=0.0)
+    with pytest.raises(ValueError, match="none was given"):
+        distill.make_train_step(student, None, kd, TX, steps_per_epoch=1)
+    other = rcnn.get_detector("faster_rcnn_r18_fpn", **{**TINY, "num_classes": 5})
+    with pytest.raises(ValueError, match="5 classes"):
+        distill.make_train_step(student, other, kd, TX, steps_per_epoch=1)
+    vanilla = distillers.get_distiller("vanilla")
+    assert distill.make_train_step(student, None, vanilla, TX, steps_per_epoch=1) is not None
+
+
+@pytest.fixture(scope="module")
+def variables(models):
+    student, teacher = models
+    return rcnn.init_variables(student, 0), _without_rpn(rcnn.init_variables(teacher, 1))
+
+
+@pytest.mark.slow  # compiles the detector's forward twice (minutes on 2 CPU cores)
+@pytest.mark.parametrize("name", ["kd", "dkd", "luminet"])
+def test_distill_loss_is_the_distiller_on_valid_rois_and_teacher_gets_no_gradient(
+    models, variables, name
+):
+    student, teacher = models
+    s_vars, t_vars = variables
+    distiller = distillers.get_distiller(name, ce_weight=0.0)
+    batch = _batch(4, seed=1)
+    _, aux = jax.jit(lambda v, b: rcnn.train_forward(student, v, b, jax.random.key(3)))(
+        s_vars, batch
+    )
+
+    def loss(t_vars, s_logits):
+        return distill.roi_distill_loss(
+            teacher, distiller, {**aux, "class_logits": s_logits}, batch["image"], t_vars, epoch=5
+        )[0]
+
+    value, (t_grad, s_grad) = jax.jit(jax.value_and_grad(loss, (0, 1)))(t_vars, aux["class_logits"])
+    assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(t_grad))  # constants
+    valid = np.asarray(aux["roi_valid"])
+    assert 0 < valid.sum() < valid.size  # some RoIs are padding
+    assert not np.any(np.asarray(s_grad)[~valid]) and np.any(np.asarray(s_grad)[valid])
+    t_logits = rcnn.roi_class_logits(teacher, t_vars, batch["image"], aux["rois"])
+    want = distiller(
+        aux["class_logits"][valid], t_logits[valid], aux["roi_classes"][valid], epoch=5
+    ).total
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+
+
+@pytest.mark.slow  # two compilations of the distillation train step
+def test_eight_devices_equal_one_luminet_step(models, variables):
+    s_vars, t_vars = variables
+    batch = _batch(8, seed=2)
+    one, m1 = jax.jit(_step(models, "luminet"))(_state(s_vars), t_vars, batch)
+    mesh = sharding.make_mesh()
+    step8 = sharding.shard_train_step(_step(models, "luminet", axis_name="data"), mesh)
+    eight, m8 = step8(_state(s_vars), jax.device_put(t_vars, sharding.replicated(mesh)), batch)
+    for k in ("loss", "distill/loss_kd", *rcnn.LOSS_KEYS, "grad_norm"):
+        np.testing.assert_allclose(m8[k], m1[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert float(m1["distill/loss_kd"]) > 0
+    for a, b in zip(jax.tree.leaves(eight.params), jax.tree.leaves(one.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
