@@ -10,9 +10,14 @@ compiled first and then timed INTERLEAVED, one step of each per round, so every 
 compares steps measured under the same machine load. Reported: median ms/step, images/s,
 the ratio to the KD step of the same framework and setting, the JAX/PyTorch ratio, and the
 extra learnable parameters a method adds (0 for the logit methods). The feature-based
-methods (fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd; JAX only) take the
+methods (fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd, crd; JAX only) take the
 resnet32x4 -> resnet8x4 recipe of configs/, and their extra params and state come from
-`distiller.init` on the models' features of a dummy batch, as in the trainer. `--data`
+`distiller.init` on the models' features of a dummy batch, as in the trainer. CRD is built
+for 50,000 training samples: its batch carries random sample indices ("index") and its
+sampler random labels of the 50,000 samples (`distiller.data_state`); "state_numbers" counts
+its memories (2 x 50,000 x 128). DML (JAX only) trains the cohort of the student and a peer
+of the teacher's architecture from scratch (no teacher forward); its extra params are the
+peer's. `--data`
 also times the input pipelines alone (device-resident CIFAR batches, and tf.data
 decode+augment of JPEGs). Heavy imports (TensorFlow) happen only for `--data`.
 """
@@ -51,6 +56,16 @@ def _feature_hparams() -> dict:
 
 
 HPARAMS.update(_feature_hparams())
+# CRD and DML as in configs/cifar100_res32x4_res8x4.py (pinned here: config files need
+# ml_collections; tests/benchmarks_step_test.py checks that the two agree).
+HPARAMS["crd"] = dict(
+    ce_weight=1.0, feat_weight=0.8, feat_dim=128, num_negatives=16384, temperature=0.07,
+    momentum=0.5, mode="exact",
+)  # fmt: skip
+HPARAMS["dml"] = dict(ce_weight=1.0, kd_weight=1.0, temperature=1.0)
+# JAX-only methods (no PyTorch reference step in torch_step.py).
+JAX_ONLY = frozenset(_feature_hparams()) | {"crd", "dml"}
+NUM_TRAIN = 50_000  # CIFAR-100's training set: CRD's memories and sample indices
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,6 +123,29 @@ def init_distiller(distiller, student, teacher, s_vars, t_vars, x, *, num_train)
     return jax.jit(init)(s_vars, t_vars)
 
 
+def with_data_state(distiller, extra, *, num_classes, index, labels, seed=0):
+    """`extra` with the per-sample training labels a distiller's sampler needs, as the
+    trainer adds them (`distiller.data_state`; CRD), else unchanged. The labels are random
+    over NUM_TRAIN samples, except that the batch's samples (`index`) have the batch's
+    `labels`."""
+    import numpy as np
+
+    if not hasattr(distiller, "data_state"):
+        return extra
+    train_labels = np.random.default_rng(seed).integers(0, num_classes, NUM_TRAIN)
+    train_labels[np.asarray(index)] = np.asarray(labels)
+    return dict(extra, state=distiller.data_state(extra["state"], train_labels))
+
+
+def _memory_numbers(extra_state) -> int:
+    """Floating-point numbers a distiller keeps in its state (CRD: its two memories)."""
+    import jax
+    import numpy as np
+
+    leaves = jax.tree.leaves(extra_state)
+    return int(sum(np.size(x) for x in leaves if np.issubdtype(np.asarray(x).dtype, np.floating)))
+
+
 def build_jax_variants(args, methods, fast_modes):
     """{label: (run_one_step, info)} for every method x fast-conv mode, compiled."""
     import jax
@@ -130,17 +168,22 @@ def build_jax_variants(args, methods, fast_modes):
 
     rng = np.random.default_rng(0)
     shape = (args.batch, args.image_size, args.image_size, 3)
-    batch = {
+    host_batch = {
         "image": rng.normal(size=shape).astype(np.float32),
         "label": rng.integers(0, args.num_classes, args.batch).astype(np.int32),
     }
-    batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+    # CRD's batches also carry their sample indices, uniform over the training set.
+    index = rng.integers(0, NUM_TRAIN, args.batch).astype(np.int32)
+    put = lambda b: jax.device_put(b, sharding.batch_sharding(mesh))
+    batches = {False: put(host_batch), True: put(dict(host_batch, index=index))}
     x = jnp.zeros((2,) + shape[1:], jnp.float32)
     # Models are built for the sharded step (axis_name); init unsharded copies.
     init_kw = dict(num_classes=args.num_classes, dtype=dtype)
-    s_vars = jax.jit(lambda k: models.get_model(student_name, **init_kw).init(k, x, train=False))(
-        jax.random.key(0)
-    )
+    init_vars = lambda name, key, **peers: jax.jit(
+        lambda k: models.get_model(name, **init_kw, **peers).init(k, x, train=False)
+    )(key)
+    s_vars = init_vars(student_name, jax.random.key(0))
+    cohort_vars = {}  # DML's cohort (student + peer), built on first use
     t_vars = jax.jit(lambda k: models.get_model(teacher_name, **init_kw).init(k, x, train=False))(
         jax.random.key(1)
     )
@@ -153,15 +196,31 @@ def build_jax_variants(args, methods, fast_modes):
     for fast in fast_modes:
         for method in methods:
             distiller = get_distiller(method, **HPARAMS[method])
+            m_student, m_vars = student, s_vars
+            if method == "dml":  # the cohort: the student and its peer, the teacher's model
+                m_student = models.get_model(student_name, peers=teacher_name, **kw)
+                if not cohort_vars:
+                    cohort_vars.update(
+                        init_vars(student_name, jax.random.key(0), peers=teacher_name)
+                    )
+                m_vars = cohort_vars
             step = steps.make_train_step(
-                student, teacher, distiller, tx, steps_per_epoch=782, axis_name=sharding.DATA_AXIS
+                m_student, teacher, distiller, tx, steps_per_epoch=782, axis_name=sharding.DATA_AXIS
             )
             step = fast_conv.wrap(
                 step, enabled=fast != "off", scope=fast if fast != "off" else "pointwise"
             )
             # A fresh host copy per variant: the step donates its state's buffers.
-            extra = init_distiller(distiller, student, teacher, s_vars, t_vars, x, num_train=50_000)
-            host_state = jax.tree.map(np.asarray, state.create_train_state(s_vars, tx, extra))
+            extra = init_distiller(
+                distiller, m_student, teacher, m_vars, t_vars, x, num_train=NUM_TRAIN
+            )
+            extra = with_data_state(
+                distiller, extra, num_classes=args.num_classes, index=index,
+                labels=host_batch["label"],
+            )  # fmt: skip
+            # Sample indices in the batch only where the distiller reads them (CRD).
+            batch = batches[hasattr(distiller, "data_state")]
+            host_state = jax.tree.map(np.asarray, state.create_train_state(m_vars, tx, extra))
             train_state = jax.device_put(host_state, replicated)
             t0 = time.perf_counter()
             compiled = (
@@ -170,7 +229,7 @@ def build_jax_variants(args, methods, fast_modes):
             compile_s = time.perf_counter() - t0
             holder = {"state": train_state}
 
-            def run(compiled=compiled, holder=holder):
+            def run(compiled=compiled, holder=holder, batch=batch):
                 holder["state"], metrics = compiled(holder["state"], t_vars, batch)
                 jax.block_until_ready(metrics)
                 return metrics
@@ -180,8 +239,12 @@ def build_jax_variants(args, methods, fast_modes):
                 "method": method,
                 "fast_conv": fast,
                 "compile_s": compile_s,
-                "student_params": count(train_state.params),
-                "extra_params": count(train_state.extra_params),
+                "student_params": count(s_vars["params"]),
+                # Learnable parameters beyond the student: the distiller's, or DML's peer.
+                "extra_params": count(train_state.extra_params)
+                + count(m_vars["params"])
+                - count(s_vars["params"]),
+                "state_numbers": _memory_numbers(train_state.extra_state),
             }
             label = f"jax/{method}" + ("" if fast == "off" else f"/fast_conv={fast}")
             variants[label] = (run, info)
@@ -263,81 +326,6 @@ def summarize(variants, times, batch) -> list[dict]:
     return rows
 
 
-def time_data(args) -> list[dict]:
-    """images/s of DeviceData batches and of a tf.data JPEG decode + ImageNet augment."""
-    results = []
-    import jax
-    import numpy as np
-
-    from luminet_jax import sharding
-    from luminet_jax.data import device_data
-
-    mesh = sharding.make_mesh(jax.devices()[: args.devices])
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8)  # CIFAR-sized split
-    labels = rng.integers(0, 100, 50_000).astype(np.int32)
-    data = device_data.DeviceData(
-        images, labels, mesh=mesh, global_batch=args.batch, seed=0, mean=(0.5,) * 3, std=(0.25,) * 3
-    )
-    jax.block_until_ready(data.batch(0))
-    t0 = time.perf_counter()
-    for step in range(1, args.data_batches + 1):
-        jax.block_until_ready(data.batch(step))
-    dt = time.perf_counter() - t0
-    results.append(
-        dict(
-            pipeline="device_data (CIFAR, crop+flip)",
-            images_per_s=args.batch * args.data_batches / dt,
-        )
-    )
-
-    tar_path = ROOT.parent / "shared" / "data" / "tiny-imagenet-200-mini.tar.gz"
-    try:
-        import tarfile
-
-        import tensorflow as tf
-
-        from luminet_jax.data import augment
-    except ImportError as e:
-        print(f"[data] skipping tf.data JPEG pipeline: {e}")
-        return results
-    if not tar_path.exists():
-        print(f"[data] skipping tf.data JPEG pipeline: {tar_path} is absent")
-        return results
-    jpegs = []
-    with tarfile.open(tar_path) as tar:
-        for member in tar:
-            if member.name.endswith(".JPEG") and "/train/" in member.name:
-                jpegs.append(tar.extractfile(member).read())
-                if len(jpegs) >= 4096:
-                    break
-    for size in (64, 224):
-        ds = tf.data.Dataset.from_tensor_slices(tf.constant(jpegs)).repeat()
-        ds = ds.enumerate().map(
-            lambda i, b, size=size: augment.normalize(
-                augment.imagenet_train(
-                    tf.io.decode_jpeg(b, channels=3), tf.stack([i, i * 0 + 7]), size=size
-                ),
-                augment.IMAGENET_MEAN,
-                augment.IMAGENET_STD,
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        it = iter(ds.batch(args.batch).prefetch(2))
-        next(it)
-        t0 = time.perf_counter()
-        for _ in range(args.data_batches):
-            next(it)
-        dt = time.perf_counter() - t0
-        results.append(
-            dict(
-                pipeline=f"tf.data JPEG decode + RandomResizedCrop {size} + flip (64px JPEGs)",
-                images_per_s=args.batch * args.data_batches / dt,
-            )
-        )
-    return results
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     _setup_devices(args.devices)
@@ -345,7 +333,7 @@ def main(argv=None) -> dict:
     unknown = sorted(set(methods) - set(HPARAMS))
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; known: {sorted(HPARAMS)}")
-    jax_only = sorted(set(methods) & set(_feature_hparams()))
+    jax_only = sorted(set(methods) & JAX_ONLY)
     if jax_only and args.framework != "jax":
         raise SystemExit(f"no PyTorch reference step for {jax_only}: use --framework jax")
     variants = {}
@@ -366,8 +354,18 @@ def main(argv=None) -> dict:
         f"  cpu_count {os.cpu_count()}"
     )
     print(header)
-    columns = ("ms/step", "min", "img/s", "/KD", "JAX/PT", "fast/plain", "extra", "compile")
-    widths = (9, 8, 8, 6, 7, 10, 6, 8)
+    columns = (
+        "ms/step",
+        "min",
+        "img/s",
+        "/KD",
+        "JAX/PT",
+        "fast/plain",
+        "extra",
+        "state",
+        "compile",
+    )
+    widths = (9, 8, 8, 6, 7, 10, 9, 10, 8)
     print(f"{'variant':36s} " + " ".join(f"{c:>{w}s}" for c, w in zip(columns, widths)))
     for r in rows:
         ratio, jt, fp = (
@@ -376,11 +374,14 @@ def main(argv=None) -> dict:
         )
         print(
             f"{r['label']:36s} {r['ms_per_step']:9.1f} {r['ms_min']:8.1f} {r['images_per_s']:8.1f} "
-            f"{ratio:>6s} {jt:>7s} {fp:>10s} {r['extra_params']:6d} {r['compile_s']:7.1f}s"
+            f"{ratio:>6s} {jt:>7s} {fp:>10s} {r['extra_params']:9d} "
+            f"{r.get('state_numbers', 0):10d} {r['compile_s']:7.1f}s"
         )
     result = {"config": vars(args), "header": header, "steps": rows, "times_s": times}
     if args.data:
-        result["data"] = time_data(args)
+        from benchmarks import data_bench
+
+        result["data"] = data_bench.time_data(args, root=ROOT)
         for d in result["data"]:
             print(f"[data] {d['pipeline']}: {d['images_per_s']:.0f} images/s")
     if args.out:

@@ -5,7 +5,9 @@ python experiments/reduced_cifar10/collect.py --root ROOT \
 
 Writes table.md (best/last top-1, mean ± std over seeds; paired differences between methods
 on the same seed, i.e. the same student initialization and batch order, with a paired t
-statistic), runs.csv (one line per run), summary.json and accuracy.png (bars).
+statistic: LumiNet minus every other method found, and KD minus the student alone),
+runs.csv (one line per run), summary.json, accuracy.png (bars) and paired.png (LumiNet
+minus each method, mean ± std over seeds).
 """
 
 import argparse
@@ -21,8 +23,16 @@ import numpy as np  # noqa: E402
 from experiments.common import plots, results  # noqa: E402
 from experiments.reduced_cifar10 import run  # noqa: E402
 
-LABELS = {"vanilla": "student alone", "kd": "KD", "dkd": "DKD", "luminet": "LumiNet"}
-PAIRS = (("luminet", "kd"), ("luminet", "vanilla"), ("kd", "vanilla"))
+LABELS = {
+    "vanilla": "student alone", "kd": "KD", "dkd": "DKD", "luminet": "LumiNet",
+    "fitnet": "FitNet", "at": "AT", "rkd": "RKD", "ofd": "OFD", "crd": "CRD",
+    "reviewkd": "ReviewKD", "dml": "DML",
+}  # fmt: skip
+# LumiNet minus every other method (same seed), then KD minus the student alone.
+PAIRS = (
+    ("luminet", "kd"), ("luminet", "vanilla"), ("kd", "vanilla"),
+    *(("luminet", m) for m in ("dkd", *run.FEATURE_METHODS)),
+)  # fmt: skip
 
 
 def paired(found, a: str, b: str, field: str = "best_top1") -> dict:
@@ -91,6 +101,16 @@ def main(argv=None):
         title="resnet20 -> resnet8, CIFAR-10 sample (CPU)",
         path=os.path.join(args.out_dir, "accuracy.png"),
     )
+    lumi = [(k.split("-")[1], d) for k, d in summary["paired"].items() if k.startswith("luminet-")]
+    if lumi:
+        plots.bar_plot(
+            [LABELS[m] for m, _ in lumi],
+            [100 * d["mean"] for _, d in lumi],
+            [100 * np.nan_to_num(d["std"]) for _, d in lumi],
+            ylabel="LumiNet − method, best top-1 (points)",
+            title="paired by seed, resnet20 -> resnet8, CIFAR-10 sample (CPU)",
+            path=os.path.join(args.out_dir, "paired.png"),
+        )
     return found, summary, table
 
 

@@ -1,7 +1,11 @@
 """Reduced-scale check on real images: KD vs LumiNet vs the student alone, 3 seeds, on CPU.
 
 python experiments/reduced_cifar10/run.py --root /tmp/reduced --seeds 0,1,2 --epochs 8 \
-    --teacher-epochs 15 [--methods vanilla,kd,luminet] [--dataset cifar10_sample] [--nice 19]
+    --teacher-epochs 15 [--methods vanilla,kd,luminet|all] [--dataset cifar10_sample] [--nice 19]
+
+`--methods all` adds FitNet, AT, RKD, OFD, CRD, ReviewKD and DML (their settings:
+experiments/reduced_cifar10/config.py; DML trains a resnet20 peer beside the student and
+reads no teacher); every method shares the teacher, the schedule and the seeds.
 
 Uses configs/quickstart.py (resnet20 teacher -> resnet8 students, the shipped CIFAR-10 sample:
 3,000 train / 1,000 test JPEGs, batch 64, lr 0.05 decayed x0.1 at the last epoch, LumiNet
@@ -30,6 +34,11 @@ DISTILLERS = {
     "dkd": dict(ce_weight=1.0, alpha=1.0, beta=2.0, temperature=4.0, warmup_epochs=2),
     "luminet": dict(ce_weight=2.0, alpha=8.0, temperature=4.0, warmup_epochs=2),
 }
+# The feature-based and DML rows: their own config file (pinned there; quickstart has none).
+FEATURE_CONFIG = "experiments/reduced_cifar10/config.py"
+FEATURE_METHODS = ("fitnet", "at", "rkd", "ofd", "crd", "reviewkd", "dml")
+ALL_METHODS = ("vanilla", "kd", "luminet", *FEATURE_METHODS)
+NO_TEACHER = ("vanilla", "dml")
 
 
 def build_runs(
@@ -50,11 +59,12 @@ def build_runs(
     for seed in seeds:
         for method in methods:
             extra = [("seed", str(seed)), ("student.name", STUDENT)]
-            if method != "vanilla":
+            if method not in NO_TEACHER:
                 extra += [("teacher.name", TEACHER), ("teacher.checkpoint", teacher_dir)]
-            extra += [(f"distiller.{k}", str(v)) for k, v in DISTILLERS[method].items()]
+            extra += [(f"distiller.{k}", str(v)) for k, v in DISTILLERS.get(method, {}).items()]
             workdir = os.path.join(root, GROUP, method, f"seed{seed}")
-            config = f"{CONFIG}:method={method},epochs={epochs}"
+            path = FEATURE_CONFIG if method in FEATURE_METHODS else CONFIG
+            config = f"{path}:method={method},epochs={epochs}"
             out.append(runs.Run(config, workdir, (*extra, *overrides)))
     return out
 
@@ -63,7 +73,7 @@ def main(argv=None):
     """Parses the options and launches (or prints) the runs."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True)
-    parser.add_argument("--methods", default="vanilla,kd,luminet")
+    parser.add_argument("--methods", default="vanilla,kd,luminet", help="Comma-separated, or all.")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--teacher-epochs", type=int, default=15)
@@ -76,7 +86,7 @@ def main(argv=None):
     overrides = [("dataset.name", args.dataset)] + runs.parse_overrides(args.override)
     todo = build_runs(
         args.root,
-        methods=runs.parse_list(args.methods),
+        methods=list(ALL_METHODS) if args.methods == "all" else runs.parse_list(args.methods),
         seeds=[int(s) for s in runs.parse_list(args.seeds)],
         epochs=args.epochs,
         teacher_epochs=args.teacher_epochs,
