@@ -111,7 +111,9 @@ def variables(models):
 def test_distill_loss_is_the_distiller_on_valid_rois_and_teacher_gets_no_gradient(
     models, variables, name
 ):
-    student, teacher = models
+    _, teacher = models
+    # 8 proposals per image for 16 RoI slots: with the ground truth appended, some are padding.
+    student = rcnn.get_detector("faster_rcnn_r18_fpn", **{**TINY, "rpn_post_nms_topk_train": 8})
     s_vars, t_vars = variables
     distiller = distillers.get_distiller(name, ce_weight=0.0)
     batch = _batch(4, seed=1)
@@ -133,7 +135,7 @@ def test_distill_loss_is_the_distiller_on_valid_rois_and_teacher_gets_no_gradien
     want = distiller(
         aux["class_logits"][valid], t_logits[valid], aux["roi_classes"][valid], epoch=5
     ).total
-    np.testing.assert_allclose(value, want, rtol=1e-5)
+    np.testing.assert_allclose(value, want, rtol=1e-4)  # float32 reordering: 1.1e-5 measured
 
 
 @pytest.mark.slow  # two compilations of the distillation train step
