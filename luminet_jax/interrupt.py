@@ -46,10 +46,13 @@ class StopRequest:
                 return False
             from jax.experimental import multihost_utils  # noqa: PLC0415
 
-            # Every process takes the signal one of them got, so all exit alike.
-            signums = multihost_utils.process_allgather(np.asarray(self.signum or 0))
-            if self.signum is None and np.max(signums) > 0:
-                self.signum = int(np.max(signums))
+            # The decision is the gathered one only: a signal that lands during the gather
+            # is seen by every process at the next sync point, never by one alone. Every
+            # process takes the (largest) signal one of them got, so all exit alike.
+            agreed = int(np.max(multihost_utils.process_allgather(np.asarray(self.signum or 0))))
+            if agreed:
+                self.signum = agreed
+            return agreed > 0
         return self.signum is not None
 
     def exception(self) -> BaseException:
