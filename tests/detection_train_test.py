@@ -32,8 +32,8 @@ def _load(name: str, arg: str | None = None):
     return importlib.import_module(f"configs.{name}").get_config(arg)
 
 
-def _smoke(**overrides):
-    config = _load("detection_smoke")
+def _smoke(arg=None, **overrides):
+    config = _load("detection_smoke", arg)
     for key, value in overrides.items():
         config[key] = value
     return config
@@ -156,7 +156,7 @@ def test_preflight_checks_detector_names_and_teacher_files(tmp_path):
 @pytest.mark.slow  # compiles the detector's train and predict steps (minutes on 2 CPU cores)
 def test_smoke_config_trains_evaluates_and_resumes(tmp_path):
     workdir = str(tmp_path / "run")
-    first = train.train_and_evaluate(_smoke(num_train_steps=8), workdir)
+    first = train.train_and_evaluate(_smoke("steps=8"), workdir)  # eval + ckpt every 4
     assert first["steps"] == 8 and first["steps_per_epoch"] == 8
     records = metrics_io.read_metrics(workdir)
     evals = [r for r in records if "eval/AP" in r]
@@ -171,7 +171,7 @@ def test_smoke_config_trains_evaluates_and_resumes(tmp_path):
     assert np.isnan(summary["teacher_AP"])  # vanilla: no teacher
     assert "best_top1" not in summary
 
-    resumed = train.train_and_evaluate(_smoke(num_train_steps=12), workdir)
+    resumed = train.train_and_evaluate(_smoke("steps=8", num_train_steps=12), workdir)
     assert resumed["steps"] == 12
     records = metrics_io.read_metrics(workdir)
     train_steps = [r["step"] for r in records if "train/loss" in r]
