@@ -178,3 +178,42 @@ def test_smoke_config_trains_evaluates_and_resumes(tmp_path):
     assert train_steps == [4, 8, 12]  # resumed at step 8: steps 1..8 were not redone
     assert [r["step"] for r in records if "eval/AP" in r] == [4, 8, 12]
     assert int(jax.device_get(resumed["state"].step)) == 12
+
+
+def _smoke_detector(**changes):
+    config = _load("detection_smoke")
+    fields = {k: v for k, v in config.student.items() if k not in ("name", "backbone_checkpoint")}
+    return rcnn.get_detector(config.student.name, num_classes=3, **{**fields, **changes})
+
+
+def test_teacher_variables_load_from_an_orbax_dir_and_are_checked(tmp_path):
+    from luminet_jax import checkpoint
+    from luminet_jax.detection import task
+
+    model = _smoke_detector()
+    variables = rcnn.init_variables(model, 0, image_size=(64, 64))
+    checkpoint.save_variables(tmp_path / "vars", variables)
+    loaded = task.load_detector_variables(str(tmp_path / "vars"), model)
+    assert set(loaded) == {"params", "frozen"}
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="detection teacher .*shape"):
+        task.load_detector_variables(str(tmp_path / "vars"), _smoke_detector(fc_dim=48))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        task.load_detector_variables(str(tmp_path / "nothing"), model)
+
+
+@pytest.mark.slow  # two runs, the second compiles the teacher and the distillation step
+def test_a_detection_workdir_teaches_a_distilled_student(tmp_path):
+    teacher_dir = str(tmp_path / "teacher")
+    train.train_and_evaluate(_smoke("steps=4"), teacher_dir)
+    config = _smoke("steps=4")
+    config.distiller = dict(name="kd", ce_weight=0.0, kd_weight=1.0, temperature=1.0)
+    config.teacher = dict(name="faster_rcnn_r18_fpn", checkpoint=teacher_dir)
+    config.eval_teacher = True
+    result = train.train_and_evaluate(config, str(tmp_path / "student"))
+    records = metrics_io.read_metrics(str(tmp_path / "student"))
+    assert any("train/distill/loss_kd" in r for r in records), sorted(records[0])
+    teacher_ap = metrics_io.read_metrics(teacher_dir)[-1]["summary/last_AP"]
+    assert result["teacher_AP"] == pytest.approx(teacher_ap)
+    assert result["steps"] == 4 and np.isfinite(result["last_AP"])
