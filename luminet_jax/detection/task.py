@@ -29,7 +29,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from absl import logging
 from jax.sharding import PartitionSpec as P
 
@@ -87,11 +86,11 @@ def load_detector_variables(path: str, model: rcnn.FasterRCNN) -> dict[str, Any]
     return variables
 
 
-def _fields(section: ml_collections.ConfigDict, skip: tuple[str, ...]) -> dict[str, Any]:
+def _fields(section: Any, skip: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k not in skip}
 
 
-def _data_kwargs(ds: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, Any]]:
+def _data_kwargs(ds: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(make_train_iter kwargs, make_eval_iter kwargs) of the dataset section."""
     common = dict(
         pad_size=tuple(ds.pad_size),
@@ -111,7 +110,7 @@ def _data_kwargs(ds: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[st
     return train, dict(common, short_side=ds.test_short_side, max_size=ds.test_max_size)
 
 
-def build(config: ml_collections.ConfigDict, *, mesh: Any, seeds: list[int]) -> tasks.Task:
+def build(config: Any, *, mesh: Any, seeds: list[int]) -> tasks.Task:
     """The detection task of `config` (see the module docstring for its sections).
 
     Raises:
