@@ -84,3 +84,25 @@ def test_collector_pairs_luminet_with_every_method(tmp_path):
         assert diff["seeds"] == [0, 1, 2]
         assert f"| LumiNet − {collect.LABELS[method]} | 3 |" in table
     assert (tmp_path / "o" / "paired.png").exists() and (tmp_path / "o" / "accuracy.png").exists()
+
+
+@pytest.mark.slow  # trains a teacher and seven students 3 steps each in-process (minutes)
+def test_every_added_method_trains_through_the_runner(tmp_path):
+    import image_data  # noqa: PLC0415
+
+    from experiments.common import results  # noqa: PLC0415
+
+    data = image_data.colour_folder(tmp_path / "data", classes=4, train=16, test=8, size=32)
+    root = str(tmp_path / "runs")
+    tiny = ["--dataset", f"image_folder:{data}", "--in-process", "--seeds", "0", "--root", root]
+    for item in ("batch_size=16", "eval_batch_size=16", "num_train_steps=3", "log_every_steps=3",
+                 "eval_every_steps=3", "ckpt_every_steps=3", "eval_teacher=false"):  # fmt: skip
+        tiny += ["--override", item]
+    others = [m for m in run.FEATURE_METHODS if m != "crd"]
+    records = run.main(["--methods", ",".join(others), *tiny])
+    # CRD's K must fit among the other classes' 48 samples of this folder.
+    records += run.main(["--methods", "crd", "--override", "distiller.num_negatives=16", *tiny])
+    assert [r["status"] for r in records] == ["done"] * (1 + len(others)) + ["skipped", "done"]
+    found = {r.method: r for r in results.collect(root) if r.group == run.GROUP}
+    assert sorted(found) == sorted(run.FEATURE_METHODS)
+    assert all(0.0 <= r.best_top1 <= 1.0 and r.steps == 3 for r in found.values())
