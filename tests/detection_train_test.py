@@ -186,6 +186,7 @@ def _smoke_detector(**changes):
     return rcnn.get_detector(config.student.name, num_classes=3, **{**fields, **changes})
 
 
+@pytest.mark.slow  # compiles a detector init (~15 s); the slow KD-teacher run loads one too
 def test_teacher_variables_load_from_an_orbax_dir_and_are_checked(tmp_path):
     from luminet_jax import checkpoint
     from luminet_jax.detection import task
