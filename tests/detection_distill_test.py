@@ -7,46 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tiny_detector
+from tiny_detector import TINY
 
 from luminet_jax import distillers, sharding
 from luminet_jax import state as state_lib
 from luminet_jax.detection import distill, rcnn
 
-NUM_CLASSES = 3
-TINY = dict(
-    num_classes=NUM_CLASSES,
-    stem_channels=8,
-    fpn_channels=16,
-    fc_dim=32,
-    rpn_pre_nms_topk_train=64,
-    rpn_pre_nms_topk_test=64,
-    rpn_post_nms_topk_train=32,
-    rpn_post_nms_topk_test=64,
-    rpn_batch_size_per_image=32,
-    roi_batch_size_per_image=16,
-)
-SIZE = 64
 TX = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
 
 
-def _batch(b: int, seed: int = 0) -> dict:
-    """b noisy 64x64 images with 1-2 bright boxes each (the last gt slot is padding)."""
-    rng = np.random.default_rng(seed)
-    images = rng.normal(0, 0.3, (b, SIZE, SIZE, 3)).astype(np.float32)
-    boxes = np.zeros((b, 3, 4), np.float32)
-    classes = np.zeros((b, 3), np.int32)
-    mask = np.zeros((b, 3), bool)
-    for i in range(b):
-        for j in range(1 + i % 2):
-            w, h = rng.integers(12, 36, 2)
-            x, y = rng.integers(0, SIZE - w), rng.integers(0, SIZE - h)
-            boxes[i, j] = (x, y, x + w, y + h)
-            classes[i, j] = rng.integers(0, NUM_CLASSES)
-            images[i, y : y + h, x : x + w, classes[i, j]] += 2.0
-            mask[i, j] = True
-    sizes = np.tile(np.asarray([[SIZE, SIZE]], np.int32), (b, 1))
-    return {"image": images, "boxes": boxes, "classes": classes, "gt_mask": mask,
-            "image_size": sizes}  # fmt: skip
+_batch = tiny_detector.batch
 
 
 @pytest.fixture(scope="module")

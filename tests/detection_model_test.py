@@ -8,55 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tiny_detector
 from jax.sharding import PartitionSpec as P
+from tiny_detector import NUM_CLASSES, SIZE, TINY
 
 from luminet_jax import sharding
 from luminet_jax.detection import backbone, fpn, rcnn
 
-NUM_CLASSES = 3
-TINY = dict(
-    num_classes=NUM_CLASSES,
-    stem_channels=8,
-    fpn_channels=16,
-    fc_dim=32,
-    rpn_pre_nms_topk_train=64,
-    rpn_pre_nms_topk_test=64,
-    rpn_post_nms_topk_train=32,
-    rpn_post_nms_topk_test=64,
-    rpn_batch_size_per_image=32,
-    roi_batch_size_per_image=16,
-)
-SIZE = 64
 # Compiling the detector's train step takes minutes on 2 shared CPU cores (one compilation
 # is shared by the tests of this module), so the tests that run it are slow.
 SLOW = pytest.mark.slow
-
-
-def _batch(b: int, seed: int = 0) -> dict:
-    """b synthetic 64x64 images, bright rectangles on noise, their boxes as ground truth."""
-    rng = np.random.default_rng(seed)
-    images = rng.normal(0, 0.3, (b, SIZE, SIZE, 3)).astype(np.float32)
-    g = 3
-    boxes = np.zeros((b, g, 4), np.float32)
-    classes = np.zeros((b, g), np.int32)
-    mask = np.zeros((b, g), bool)
-    for i in range(b):
-        for j in range(1 + i % 2):  # 1 or 2 objects; the last slot is always padding
-            w, h = rng.integers(12, 36, 2)
-            x, y = rng.integers(0, SIZE - w), rng.integers(0, SIZE - h)
-            boxes[i, j] = (x, y, x + w, y + h)
-            classes[i, j] = rng.integers(0, NUM_CLASSES)
-            images[i, y : y + h, x : x + w, classes[i, j]] += 2.0
-            mask[i, j] = True
-    sizes = np.tile(np.asarray([[SIZE, SIZE]], np.int32), (b, 1))
-    sizes[1::2, 1] = 60  # some images with a padded right edge
-    return {
-        "image": images,
-        "boxes": boxes,
-        "classes": classes,
-        "gt_mask": mask,
-        "image_size": sizes,
-    }
+_batch = tiny_detector.batch
 
 
 @pytest.fixture(scope="module")
