@@ -55,13 +55,15 @@ def batch_mean(
 
     With `mask` (B,) (padded rows False / 0), the mean over the valid rows only, of the
     global batch with `axis_name` (0 when no row is valid); masked rows get no gradient.
+    `per_sample` may have trailing axes (B, ...): the mean is then per entry.
     """
     if mask is None:
         mean = jnp.mean(per_sample, axis=0)
         return mean if axis_name is None else lax.pmean(mean, axis_name)
     valid = jnp.asarray(mask).astype(bool)
+    valid = valid.reshape(valid.shape + (1,) * (jnp.ndim(per_sample) - 1))
     total = jnp.sum(jnp.where(valid, per_sample, 0), axis=0)
-    count = jnp.sum(valid).astype(total.dtype)
+    count = jnp.sum(valid).astype(total.dtype)  # valid rows (trailing axes are size 1)
     if axis_name is not None:
         total, count = lax.psum((total, count), axis_name)
     return total / jnp.maximum(count, 1)

@@ -35,17 +35,8 @@ def _masked_moments(
     With `axis_name`, over the valid rows of the global batch (shards may hold different
     numbers of them): sums and counts are `psum`med.
     """
-    valid = jnp.asarray(mask).astype(bool)[:, None]
-
-    def global_mean(x):
-        total = jnp.sum(jnp.where(valid, x, 0), axis=0, keepdims=True)
-        count = jnp.sum(valid).astype(x.dtype)
-        if axis_name is not None:
-            total, count = lax.psum((total, count), axis_name)
-        return total / jnp.maximum(count, 1)
-
-    mean = global_mean(z)
-    return mean, global_mean(jnp.square(z - mean))
+    mean = common.batch_mean(z, axis_name, mask)[None]
+    return mean, common.batch_mean(jnp.square(z - mean), axis_name, mask)[None]
 
 
 def _spanning_group_moments(
