@@ -10,7 +10,8 @@ compiled first and then timed INTERLEAVED, one step of each per round, so every 
 compares steps measured under the same machine load. Reported: median ms/step, images/s,
 the ratio to the KD step of the same framework and setting, the JAX/PyTorch ratio, and the
 extra learnable parameters a method adds (0 for the logit methods). The feature-based
-methods (fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd, crd; JAX only) take the
+methods (fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd, crd; PyTorch steps for
+fitnet, crd and reviewkd in torch_feature_step.py, the others JAX only) take the
 resnet32x4 -> resnet8x4 recipe of configs/, and their extra params and state come from
 `distiller.init` on the models' features of a dummy batch, as in the trainer. CRD is built
 for 50,000 training samples: its batch carries random sample indices ("index") and its
@@ -63,8 +64,10 @@ HPARAMS["crd"] = dict(
     momentum=0.5, mode="exact",
 )  # fmt: skip
 HPARAMS["dml"] = dict(ce_weight=1.0, kd_weight=1.0, temperature=1.0)
-# JAX-only methods (no PyTorch reference step in torch_step.py).
-JAX_ONLY = frozenset(_feature_hparams()) | {"crd", "dml"}
+# The feature methods with a PyTorch reference step (torch_feature_step.METHODS; pinned
+# here so that this module imports without torch) and the JAX-only methods.
+TORCH_FEATURE = frozenset({"fitnet", "crd", "reviewkd"})
+JAX_ONLY = (frozenset(_feature_hparams()) | {"crd", "dml"}) - TORCH_FEATURE
 NUM_TRAIN = 50_000  # CIFAR-100's training set: CRD's memories and sample indices
 
 

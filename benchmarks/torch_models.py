@@ -3,7 +3,9 @@
 The same networks as `luminet_jax.models` "resnet8x4"/"resnet32x4" (and the x1 family):
 3x3 stem, three stages of BasicBlocks with strides 1, 2, 2, a 1x1-conv + BN projection
 whenever the stride or width changes, global average pooling and a linear classifier.
-Only used by benchmarks/torch_step.py; parameter counts match DESIGN.md.
+`features(x)` is mdistiller's feature forward (logits plus "feats", "preact_feats" and
+"pooled_feat") for the feature methods' steps (benchmarks/torch_feature_step.py).
+Only used by the benchmarks' PyTorch steps; parameter counts match DESIGN.md.
 """
 
 from __future__ import annotations
@@ -28,11 +30,15 @@ class BasicBlock(nn.Module):
                 nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, the sum before the final ReLU)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        residual = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + residual)
+        preact = out + (x if self.downsample is None else self.downsample(x))
+        return F.relu(preact), preact
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_preact(x)[0]
 
 
 class CifarResNet(nn.Module):
@@ -60,6 +66,21 @@ class CifarResNet(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """(logits, feats): "feats" = [stem, stage1, stage2, stage3] after their ReLU,
+        "preact_feats" = [stem, and each stage's last block before its ReLU], "pooled_feat"
+        (N, C), as mdistiller's CIFAR ResNet returns them."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = [x], [x]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            for block in layer[:-1]:
+                x = block(x)
+            x, preact = layer[-1].forward_preact(x)
+            feats.append(x)
+            preacts.append(preact)
+        pooled = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
 
 
 _SMALL = (16, 16, 32, 64)

@@ -2,7 +2,9 @@
 
 One step: the teacher's forward in eval mode without gradients, the student's forward in
 train mode, the distillation loss, backward, and SGD (momentum 0.9, weight decay 5e-4,
-coupled). Losses follow DESIGN.md section 1: KD, DKD, LumiNet and vanilla CE.
+coupled). Losses follow DESIGN.md section 1: KD, DKD, LumiNet and vanilla CE; the feature
+methods FitNet, CRD and ReviewKD are benchmarks/torch_feature_step.py's, built by the same
+`make_step`.
 Options: channels_last memory format and bfloat16 autocast ("AMP" on CPU; float16 with
 a GradScaler would be the CUDA choice).
 """
@@ -17,8 +19,9 @@ import torch
 from torch.nn import functional as F
 
 try:  # run as `python benchmarks/step.py` (repo root on sys.path) or from benchmarks/
-    from benchmarks import torch_models
+    from benchmarks import torch_feature_step, torch_models
 except ImportError:  # pragma: no cover
+    import torch_feature_step  # type: ignore[no-redef]
     import torch_models  # type: ignore[no-redef]
 
 # Hyperparameters of the resnet32x4 -> resnet8x4 recipe (DESIGN.md section 3).
@@ -99,13 +102,15 @@ def make_step(
     amp: bool = False,
     lr: float = 0.05,
     seed: int = 0,
+    **feature_kw: Any,
 ) -> tuple[Callable[[], Any], dict[str, Any]]:
     """A no-argument callable running one training step on a fixed synthetic batch.
 
     Args:
       student_name: a `torch_models` name (e.g. "resnet8x4").
       teacher_name: the teacher's name (ignored for "vanilla").
-      method: "vanilla", "kd", "dkd" or "luminet".
+      method: "vanilla", "kd", "dkd", "luminet", or a torch_feature_step method ("fitnet",
+        "crd", "reviewkd").
       batch: batch size.
       image_size: input height and width.
       num_classes: classifier size.
@@ -113,11 +118,23 @@ def make_step(
       amp: bfloat16 autocast for the forward passes (losses in float32).
       lr: SGD learning rate.
       seed: torch seed for weights and data.
+      **feature_kw: for the feature methods, torch_feature_step.FeatureStep's options
+        (num_train, num_negatives, pool).
 
     Returns:
       (step, info): `step()` runs one update and returns the loss tensor (synchronous on
-      CPU); info has "student_params" and "extra_params" (0: logit methods add none).
+      CPU); info has "student_params", "extra_params" (0: logit methods add none) and
+      "state_numbers" (CRD's memories and its two Z; else 0).
     """
+    if method in torch_feature_step.METHODS:
+        step = torch_feature_step.FeatureStep(
+            student_name, teacher_name, method, batch=batch, image_size=image_size,
+            num_classes=num_classes, channels_last=channels_last, amp=amp, lr=lr, seed=seed,
+            **feature_kw,
+        )  # fmt: skip
+        return step, step.info()
+    if feature_kw:
+        raise TypeError(f"{method!r} takes no feature-step options {sorted(feature_kw)}")
     torch.manual_seed(seed)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     student = torch_models.get_model(student_name, num_classes).to(memory_format=fmt).train()
@@ -146,5 +163,6 @@ def make_step(
         opt.step()
         return loss.detach()
 
-    info = {"student_params": sum(p.numel() for p in student.parameters()), "extra_params": 0}
+    n_student = sum(p.numel() for p in student.parameters())
+    info = {"student_params": n_student, "extra_params": 0, "state_numbers": 0}
     return step, info
