@@ -153,6 +153,21 @@ def test_tiny_boxes_cli_tiles_boxes_and_pixels(tmp_path):
         tiny_boxes.build(tmp_path, tmp_path / "c", num_train=3, num_val=1)
 
 
+def test_tiny_boxes_class_subset_keeps_the_first_wnids_only(tmp_path):
+    _fake_tiny_imagenet(tmp_path / "tiny-imagenet-200")
+    counts = tiny_boxes.build(tmp_path, tmp_path / "a", num_train=1, num_val=0, num_classes=1)
+    assert counts == {"train": 1, "val": 0}
+    train = json.loads((tmp_path / "a" / "annotations" / "instances_train.json").read_text())
+    assert [c["name"] for c in train["categories"]] == ["n001"]
+    assert [a["category_id"] for a in train["annotations"]] == [1, 1, 1, 1]
+    files = sorted(t["file"] for t in train["images"][0]["tiles"])
+    assert files == [f"train/n001/images/n001_{k}.JPEG" for k in range(4)]
+    with pytest.raises(ValueError, match="need 8 images, have 4"):  # n001 has 4 train images
+        tiny_boxes.build(tmp_path, tmp_path / "b", num_train=2, num_val=0, num_classes=1)
+    with pytest.raises(ValueError, match="num_classes 3 not in 1..2"):
+        tiny_boxes.build(tmp_path, tmp_path / "b", num_train=1, num_val=0, num_classes=3)
+
+
 def _synthetic_dataset(tmp_path):
     """Two images with category ids 9, 2, 5 (contiguous: 2->0, 5->1, 9->2) and a crowd box."""
     (tmp_path / "annotations").mkdir()

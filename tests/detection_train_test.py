@@ -23,6 +23,7 @@ from luminet_jax.detection import rcnn
 DETECTION_CONFIGS = {
     "detection_smoke": [None],
     "tiny_boxes_frcnn": ["vanilla", "kd", "dkd", "luminet", "teacher"],
+    "tiny_boxes_table4": ["vanilla", "kd", "dkd", "luminet", "teacher"],
     "coco_frcnn_r101_r18": ["vanilla", "kd", "dkd", "luminet"],
     "coco_frcnn_teacher": ["r18", "r50", "r101"],
 }
@@ -135,6 +136,20 @@ def test_warmup_multistep_schedule_is_detectron2s():
     # The epoch form is unchanged (no warmup: the same weakly-typed constants).
     epochs = optim.make_schedule(base_lr=0.05, steps_per_epoch=10, decay_epochs=(3,))
     assert float(epochs(19)) == pytest.approx(0.05) and float(epochs(20)) == pytest.approx(0.005)
+
+
+def test_reduced_table4_pair_trains_every_stage_and_sizes_teacher_above_student():
+    teacher_run, student = _load("tiny_boxes_table4", "teacher"), _load("tiny_boxes_table4", "kd")
+    assert teacher_run.teacher.name == "" and student.teacher.name == "faster_rcnn_r18_fpn"
+    # From scratch nothing is frozen (detectron2's FREEZE_AT 2 would keep a random stem).
+    assert teacher_run.student.freeze_at == 0 == student.student.freeze_at
+    assert student.teacher.freeze_at == 0
+    # The teacher a student distills from is the teacher run's detector, field by field.
+    for key in ("stem_channels", "fpn_channels", "fc_dim"):
+        assert student.teacher[key] == teacher_run.student[key] > student.student[key], key
+    assert student.dataset.name == "coco_dir:/tmp/tiny-boxes-20"
+    assert student.num_train_steps == teacher_run.num_train_steps == 1500
+    assert _load("tiny_boxes_table4", "method=dkd,steps=90,data=/d").num_train_steps == 90
 
 
 def test_preflight_checks_detector_names_and_teacher_files(tmp_path):

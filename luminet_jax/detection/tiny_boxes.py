@@ -129,10 +129,22 @@ def tile_box(box: tuple, k: int) -> list[float]:
     return [float(x0 + ox), float(y0 + oy), float(x1 + 1 + ox), float(y1 + 1 + oy)]
 
 
-def build(source, out, *, num_train: int, num_val: int, seed: int = 0, quality=JPEG_QUALITY):
-    """Writes the tiled COCO-format set to `out` (see the module docstring); returns counts."""
+def build(
+    source, out, *, num_train: int, num_val: int, seed: int = 0, quality=JPEG_QUALITY,
+    num_classes: int = 0,
+):  # fmt: skip
+    """Writes the tiled COCO-format set to `out` (see the module docstring); returns counts.
+
+    `num_classes` > 0 keeps only the first `num_classes` wnids of wnids.txt (their images and
+    categories, ids 1..num_classes); 0 keeps all 200.
+    """
     out = pathlib.Path(out)
     wnids, items = read_annotations(source)
+    if num_classes:
+        if not 0 < num_classes <= len(wnids):
+            raise ValueError(f"num_classes {num_classes} not in 1..{len(wnids)}")
+        wnids = wnids[:num_classes]
+        items = {s: [it for it in v if it[1] < num_classes] for s, v in items.items()}
     plan = {"train": num_train, "val": num_val}
     groups = {s: tile_groups(len(items[s]), n, seed, s) for s, n in plan.items()}
     wanted = {items[s][i][0] for s in plan for i in groups[s].reshape(-1)}
@@ -193,10 +205,13 @@ def main(argv=None) -> None:
     parser.add_argument("--val", type=int, default=1000, help="val tiles")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quality", type=int, default=JPEG_QUALITY, help="JPEG quality")
+    parser.add_argument(
+        "--classes", type=int, default=0, help="keep the first N wnids only (0: all 200)"
+    )
     args = parser.parse_args(argv)
     counts = build(
         args.source, args.out, num_train=args.train, num_val=args.val, seed=args.seed,
-        quality=args.quality,
+        quality=args.quality, num_classes=args.classes,
     )  # fmt: skip
     print(f"{os.fspath(args.out)}: {counts['train']} train, {counts['val']} val tiled images")
 
