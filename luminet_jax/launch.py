@@ -186,3 +186,39 @@ def write_config(config, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=1, sort_keys=True) + "\n")
+
+
+def log_start(config: Any, workdir: str) -> None:
+    """Logs the run (method, models, data, batch, workdir) and the device layout."""
+    import jax  # noqa: PLC0415
+
+    ds, teacher = config.dataset, config.teacher
+    logging.info(
+        "Run: %s, student %s%s on %s (batch %d), workdir %s",
+        config.distiller.name,
+        config.student.name,
+        f", teacher {teacher.name} from {teacher.checkpoint}" if teacher.checkpoint else "",
+        ds.name + (f" in {ds.data_dir}" if ds.data_dir else ""),
+        config.batch_size,
+        os.path.abspath(workdir),
+    )
+    device = jax.local_devices()[0]
+    kind = getattr(device, "device_kind", device.platform)
+    logging.info(
+        "Devices: process %d of %d, %d local / %d global %s devices%s",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        device.platform,
+        f" ({kind})" if kind != device.platform else "",
+    )
+
+
+def hide_gpus_from_tf() -> None:
+    """The input pipeline uses TF on the CPU only: keep it off accelerator memory."""
+    try:
+        import tensorflow as tf  # noqa: PLC0415
+    except ImportError:  # TF is only needed for the tf.data / TFDS datasets
+        return
+    tf.config.set_visible_devices([], "GPU")

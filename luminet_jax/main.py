@@ -1,14 +1,12 @@
 """Entry point: luminet-train (= python -m luminet_jax.main) --config NAME[:ARG] --workdir DIR.
 
---config takes a shipped config's name (`cifar100_res32x4_res8x4:method=luminet`,
-`quickstart:teacher`) or the path of a config file. Overrides: --config.batch_size=128
---config.teacher.checkpoint=PATH (the config is locked, so a misspelled key fails).
+--config: a shipped config's name (`quickstart:teacher`) or a config file's path; overrides
+such as --config.teacher.checkpoint=PATH (the config is locked: a misspelled key fails).
 
-Several processes (hosts): start one per host with --coordinator_address=HOST:PORT (process
-0's host; it serves there), --num_processes=N and --process_id=I. Without them the cluster
-environment decides, as `jax.distributed.initialize()` does: on SLURM (a job step with
-several tasks), Open MPI and Kubernetes/GKE it detects them, and JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES and JAX_PROCESS_ID set them elsewhere; --multihost forces or skips that.
+Several processes (hosts): one per host with --coordinator_address=HOST:PORT (process 0's),
+--num_processes=N and --process_id=I; without them `jax.distributed.initialize()` detects
+SLURM, Open MPI and Kubernetes/GKE, or reads JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID; --multihost forces or skips that.
 """
 
 from __future__ import annotations
@@ -40,15 +38,6 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _hide_gpus_from_tf() -> None:
-    """The input pipeline uses TF on the CPU only: keep it off accelerator memory."""
-    try:
-        import tensorflow as tf  # noqa: PLC0415
-    except ImportError:  # TF is only needed for the tf.data / TFDS datasets
-        return
-    tf.config.set_visible_devices([], "GPU")
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -68,30 +57,10 @@ def main(argv):
     import jax  # noqa: PLC0415
 
     launch.check_batch(config, jax.device_count())
-    _hide_gpus_from_tf()
+    launch.hide_gpus_from_tf()
     from luminet_jax import train  # noqa: PLC0415  (imports orbax: after quiet_logs)
 
-    ds, teacher = config.dataset, config.teacher
-    logging.info(
-        "Run: %s, student %s%s on %s (batch %d), workdir %s",
-        config.distiller.name,
-        config.student.name,
-        f", teacher {teacher.name} from {teacher.checkpoint}" if teacher.checkpoint else "",
-        ds.name + (f" in {ds.data_dir}" if ds.data_dir else ""),
-        config.batch_size,
-        os.path.abspath(workdir),
-    )
-    device = jax.local_devices()[0]
-    kind = getattr(device, "device_kind", device.platform)
-    logging.info(
-        "Devices: process %d of %d, %d local / %d global %s devices%s",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-        device.platform,
-        f" ({kind})" if kind != device.platform else "",
-    )
+    launch.log_start(config, workdir)
     if jax.process_index() == 0:
         launch.write_config(config, workdir)
     logging.debug("Config:\n%s", config)
