@@ -317,3 +317,40 @@ def test_convert_file_writes_orbax_variables(tmp_path):
         loaded["frozen"]["backbone"]["bottom_up"]["res2_1"]["conv2"]["norm"]["bias"],
         sd["backbone.bottom_up.res2.1.conv2.norm.bias"],
     )
+
+
+def test_task_backbone_hook_puts_c2_weights_into_a_fresh_train_state(tmp_path):
+    """config.student.backbone_checkpoint: detection/task.py's prepare_state hook."""
+    from luminet_jax import optim
+    from luminet_jax import state as state_lib
+    from luminet_jax.detection import task
+
+    model = rcnn.get_detector("faster_rcnn_r50_fpn", **TINY)
+    sd = _random(_c2_names(resnet_keys(50, width=8)), seed=7)
+    path = tmp_path / "R-50.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": sd}, f)
+    with pytest.raises(FileNotFoundError, match="backbone_checkpoint .*missing.pkl"):
+        task._backbone_loader(model, str(tmp_path / "missing.pkl"), None)
+    tx = optim.make_optimizer(learning_rate=0.01, momentum=0.9, weight_decay=1e-4)
+    variables = jax.tree.map(
+        lambda s: np.full(s.shape, 0.5, s.dtype), rcnn.abstract_variables(model)
+    )
+    state = state_lib.create_train_state(
+        {"params": variables["params"], "batch_stats": variables["frozen"]}, tx
+    )
+    prepared = task._backbone_loader(model, str(path), tx)(state)
+    bottom_up = prepared.params["backbone"]["bottom_up"]
+    np.testing.assert_array_equal(
+        bottom_up["res4_1"]["conv2"]["kernel"], sd["res4_1_branch2b_w"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        prepared.batch_stats["backbone"]["bottom_up"]["res3_0"]["conv3"]["norm"]["weight"],
+        sd["res3_0_branch2c_bn_s"],
+    )
+    np.testing.assert_array_equal(  # the heads keep their init
+        prepared.params["roi_heads"]["box_head"]["fc1"]["kernel"],
+        variables["params"]["roi_heads"]["box_head"]["fc1"]["kernel"],
+    )
+    assert int(prepared.step) == 0
+    assert jax.tree.structure(prepared.opt_state) == jax.tree.structure(state.opt_state)
