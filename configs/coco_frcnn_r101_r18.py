@@ -13,9 +13,12 @@ python -m luminet_jax.main --config configs/coco_frcnn_r101_r18.py:method=lumine
     --config.dataset.data_dir=TFDS_DIR --workdir W
 
 Teacher: detectron2's model zoo faster_rcnn_R_101_FPN_3x (`model_final_f6e8b1.pkl`, 42.0 AP)
-or a detection run's workdir (configs/coco_frcnn_teacher.py). Student backbone: torchvision's
-ImageNet ResNet-18 (.pth, converted as detectron2's convert-torchvision-to-d2 does). COCO
-from TFDS `coco/2017` (array_record), or `--config.dataset.name=coco_dir:/data/coco`.
+or a detection run's workdir (configs/coco_frcnn_teacher.py, trained with the same BGR input);
+its images are renormalized from the student's RGB ones in the step (config.teacher.mean /
+std / bgr; for a teacher trained on RGB input set --config.teacher.bgr=false and its std).
+Student backbone: torchvision's ImageNet ResNet-18 (.pth, converted as detectron2's
+convert-torchvision-to-d2 does). COCO from TFDS `coco/2017` (array_record), or
+`--config.dataset.name=coco_dir:/data/coco`.
 
 Methods: vanilla, kd, dkd, luminet (default). DKD: alpha 1, beta 0.25, T 1, no warmup
 (mdistiller's). LumiNet: alpha 2, T 0.7, its ImageNet values: its detection hyperparameters
@@ -42,6 +45,15 @@ def get_config(arg=None):
         # torchvision's R-18 (BasicBlocks: the stride sits on the 3x3 either way).
         stride_in_1x1=False,
     )
-    config.teacher = dict(name="faster_rcnn_r101_fpn", checkpoint="", stride_in_1x1=True)
+    # The teacher's pixels as detectron2's MSRA R-101 takes them (BGR, std 1; mean and std in
+    # RGB order as the dataset's); the student's are torchvision's (the dataset section).
+    config.teacher = dict(
+        name="faster_rcnn_r101_fpn",
+        checkpoint="",
+        stride_in_1x1=True,
+        mean=common.detection().dataset.mean,
+        std=(1.0, 1.0, 1.0),
+        bgr=True,
+    )
     config.distiller = dict(_METHODS[arg.method])
     return config

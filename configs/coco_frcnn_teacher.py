@@ -7,7 +7,8 @@ python -m luminet_jax.main --config configs/coco_frcnn_teacher.py:r101 \
 `model=r18|r50|r101` (default r101). The 3x schedule: 270k iterations at batch 16, lr 0.02,
 decays at 210k and 250k, 1000-iteration warmup; backbone from ImageNet (detectron2's C2
 MSRA pickles, `R-50.pkl` / `R-101.pkl`, BGR with std 1: --config.dataset.bgr=true
---config.dataset.mean=103.53,116.28,123.675 --config.dataset.std=1,1,1). The workdir T can
+--config.dataset.std=1,1,1; mean and std are given in RGB order, and the default mean is
+already MSRA's 103.53 / 116.28 / 123.675 in BGR). The workdir T can
 then be given as --config.teacher.checkpoint=T to configs/coco_frcnn_r101_r18.py, instead of
 the model zoo's checkpoint. Expected box AP (detectron2's model zoo): R-50 40.2, R-101 42.0.
 """

@@ -122,3 +122,46 @@ def test_eight_devices_equal_one_luminet_step(models, variables):
     assert float(m1["distill/loss_kd"]) > 0
     for a, b in zip(jax.tree.leaves(eight.params), jax.tree.leaves(one.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_pixel_converter_gives_the_teacher_its_own_normalization():
+    """A torchvision-normalized RGB batch -> detectron2's MSRA input (BGR, std 1), as
+    `detection.data.transform` would have made it from the same pixels; padding stays 0."""
+    from luminet_jax.detection import data, sources
+
+    rgb = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), False)
+    msra = ((123.675, 116.28, 103.53), (1.0, 1.0, 1.0), True)
+    assert distill.pixel_converter(rgb, rgb) is None
+    rng = np.random.default_rng(0)
+    record = sources.Record(
+        image_id=1, file_name="x.jpg", height=20, width=28,
+        boxes=np.zeros((0, 4), np.float32), classes=np.zeros((0,), np.int32),
+    )  # fmt: skip
+    pixels = rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)
+    kw = dict(short_side=20, max_size=28, flip=False, pad_size=(32, 32), max_gt=2)
+    make = lambda norm: data.transform(record, pixels, **kw, mean=norm[0], std=norm[1], bgr=norm[2])
+    student, teacher = make(rgb)[0], make(msra)[0]
+    convert = distill.pixel_converter(rgb, msra)
+    got = convert(jnp.asarray(student["image"][None]), jnp.asarray(student["image_size"][None]))
+    np.testing.assert_allclose(np.asarray(got[0]), teacher["image"], rtol=0, atol=1e-3)
+    assert np.all(np.asarray(got[0, 20:]) == 0) and np.all(np.asarray(got[0, :, 28:]) == 0)
+    back = distill.pixel_converter(msra, rgb)(got, jnp.asarray(student["image_size"][None]))
+    np.testing.assert_allclose(np.asarray(back[0]), student["image"], rtol=0, atol=1e-5)
+
+
+def test_step_feeds_the_teacher_the_converted_images(models):
+    student, teacher = models
+    seen = []
+
+    def teacher_input(images, image_size):
+        seen.append((images.shape, image_size.shape))
+        return images * 0.5
+
+    distiller = distillers.get_distiller("kd", ce_weight=0.0)
+    step = distill.make_train_step(
+        student, teacher, distiller, TX, steps_per_epoch=10, teacher_input=teacher_input
+    )
+    state = jax.eval_shape(_state, rcnn.abstract_variables(student))
+    batch = _batch(2)
+    jax.eval_shape(step, state, _without_rpn(rcnn.abstract_variables(teacher)), batch)
+    assert seen == [(batch["image"].shape, batch["image_size"].shape)]

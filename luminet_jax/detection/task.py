@@ -16,7 +16,9 @@ configs/coco_frcnn_r101_r18.py):
     teacher   name (a DETECTORS key), checkpoint (a detection run's workdir, an orbax
               directory of {"params", "frozen"}, or a detectron2 .pkl / .pth), + fields
               that differ from the student's (the teacher gets the student's detector
-              fields otherwise: same RoI sampling, heads' widths, ...)
+              fields otherwise: same RoI sampling, heads' widths, ...); mean, std, bgr:
+              the teacher's own pixel normalization as the dataset's fields (default the
+              dataset's), for its training input and its eval (`distill.pixel_converter`)
     the rest as classification (batch_size, optim, schedule, distiller, ...).
 
 The teacher is loaded once, replicated, and never enters the TrainState or the checkpoints.
@@ -37,14 +39,20 @@ from luminet_jax import state as state_lib
 from luminet_jax.detection import coco, data, rcnn, sources, steps
 
 AXIS = sharding.DATA_AXIS
-# config.student keys that are not FasterRCNN fields.
+# config.student / config.teacher keys that are not FasterRCNN fields.
 _STUDENT_EXTRA = ("name", "backbone_checkpoint")
+_TEACHER_EXTRA = ("name", "checkpoint", "mean", "std", "bgr")
 
 
-def shard_predict(model: rcnn.FasterRCNN, mesh: Any):
-    """Jitted `predict(variables, batch)` per shard over "data" (`coco.evaluate`'s contract)."""
+def shard_predict(model: rcnn.FasterRCNN, mesh: Any, convert: Any = None):
+    """Jitted `predict(variables, batch)` per shard over "data" (`coco.evaluate`'s contract);
+    `convert(images, image_size)` first renormalizes the images (a teacher's own input)."""
+    predict = steps.make_predict_step(model)
+    if convert is not None:
+        base = predict
+        predict = lambda v, b: base(v, {**b, "image": convert(b["image"], b["image_size"])})  # noqa: E731
     sharded = jax.shard_map(
-        steps.make_predict_step(model),
+        predict,
         mesh=mesh,
         in_specs=(P(), P(AXIS)),
         out_specs=P(AXIS),
@@ -147,9 +155,14 @@ def build(config: Any, *, mesh: Any, seeds: list[int]) -> tasks.Task:
     student = rcnn.get_detector(config.student.name, num_classes=num_classes, dtype=dtype, **fields)
     pad_size = tuple(ds.pad_size)
 
-    teacher, teacher_vars = None, None
+    teacher, teacher_vars, teacher_input = None, None, None
     if uses_teacher:
-        t_fields = {**fields, **_fields(config.teacher, ("name", "checkpoint"))}
+        from luminet_jax.detection import distill  # noqa: PLC0415  (the lead's module)
+
+        t = config.teacher
+        own = (t.get("mean", ds.mean), t.get("std", ds.std), t.get("bgr", ds.bgr))
+        teacher_input = distill.pixel_converter((ds.mean, ds.std, ds.bgr), own)
+        t_fields = {**fields, **_fields(config.teacher, _TEACHER_EXTRA)}
         teacher = rcnn.get_detector(
             config.teacher.name, num_classes=num_classes, dtype=dtype, **t_fields
         )
@@ -175,8 +188,6 @@ def build(config: Any, *, mesh: Any, seeds: list[int]) -> tasks.Task:
         prepare_state = _backbone_loader(student, config.student.backbone_checkpoint, tx)
 
     if uses_teacher:
-        from luminet_jax.detection import distill  # noqa: PLC0415  (the lead's module)
-
         train_step = distill.make_train_step(
             student,
             teacher,
@@ -186,6 +197,7 @@ def build(config: Any, *, mesh: Any, seeds: list[int]) -> tasks.Task:
             lr_fn=lr_fn,
             seed=config.seed,
             steps_per_epoch=steps_per_epoch,
+            teacher_input=teacher_input,
         )
     else:
         train_step = steps.make_train_step(
@@ -216,7 +228,7 @@ def build(config: Any, *, mesh: Any, seeds: list[int]) -> tasks.Task:
 
     evaluate_teacher = None
     if uses_teacher and config.eval_teacher:
-        t_predict = shard_predict(teacher, mesh)
+        t_predict = shard_predict(teacher, mesh, teacher_input)
         evaluate_teacher = lambda: coco.evaluate(t_predict, teacher_vars, eval_batches(), gt)  # noqa: E731
 
     return tasks.Task(
