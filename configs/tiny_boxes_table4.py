@@ -15,7 +15,7 @@ The recipe is configs/tiny_boxes_frcnn.py's (SGD 0.9, wd 1e-4, lr 0.01 at batch 
 decays at 2/3 and 8/9 of `steps`, clipping at norm 10, score threshold 0.001), with what makes
 it learn on 2 CPU cores in minutes instead of hours:
 - 20 classes instead of 200 (DESIGN.md section 7 allows fewer classes);
-- the whole backbone trained (freeze_at 0). Reference: detectron2 freezes the stem and res2
+- the whole backbone trained (freeze_at 0): detectron2 freezes the stem and res2
   (FREEZE_AT 2), which only makes sense for an ImageNet-pretrained backbone; from scratch the
   frozen stages would stay random;
 - student: R-18 at quarter width (stem 16), FPN 32, box head 2 x FC 128, 32 RoIs per image;
@@ -38,6 +38,7 @@ def get_config(arg=None):
     `steps=S` (default 1500)."""
     arg = common.parse_arg(arg, method="vanilla", data="/tmp/tiny-boxes-20", steps=1500)
     config = tiny_boxes_frcnn.get_config(f"method={arg.method},data={arg.data},steps={arg.steps}")
+    # Reference: detectron2's FREEZE_AT 2 suits a pretrained backbone only; from scratch all train.
     config.student.freeze_at = 0
     if arg.method == "teacher":
         config.student.update(TEACHER)
