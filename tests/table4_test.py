@@ -47,10 +47,24 @@ def test_collector_takes_the_best_ap_eval_and_averages_seeds(tmp_path):
     assert kd["AP50"][0] == pytest.approx(0.80) and kd["last_AP"][0] == pytest.approx(0.35)
     assert stats[("tiny_boxes", "teacher")]["AP"][0] == pytest.approx(0.60)
     lines = out.read_text().splitlines()
-    assert [x.split("|")[2].strip() for x in lines[2:]] == ["teacher", "kd", "luminet"]
+    assert [x.split("|")[2].strip() for x in lines[2:5]] == ["teacher", "kd", "luminet"]
+    # Paired by seed: only seed 0 has both (LumiNet 0.40 - KD's best 0.30).
+    assert lines[-1] == "| tiny_boxes | kd | +10.00 | +10.00 |"
     assert "40.00 ± 14.14" in text and "33.97 / 54.66 / 36.62" in text
     assert (tmp_path / "res/t4.png").stat().st_size > 1000
     assert len((tmp_path / "res/runs.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_paired_differences_are_luminet_minus_method_on_common_seeds():
+    rows = [
+        {"pair": "p", "method": m, "seed": k, "AP": ap}
+        for m, k, ap in [("luminet", 0, 0.30), ("luminet", 1, 0.20), ("vanilla", 0, 0.25),
+                         ("vanilla", 1, 0.25), ("dkd", 2, 0.1), ("teacher", -1, 0.9)]
+    ]  # fmt: skip
+    assert collect.paired(rows).splitlines()[2:] == [
+        "| p | vanilla | +5.00, -5.00 | +0.00 ± 7.07 |"
+    ]
+    assert collect.paired(rows[2:]) == ""  # no LumiNet run
 
 
 def test_collector_without_evals_says_where_it_looked(tmp_path):

@@ -5,6 +5,7 @@ python experiments/table4_detection/collect.py --root ROOT \
 
 Per run, the numbers of the eval with the best AP (and the last eval's AP); the teacher row is
 the teacher's own eval ("teacher_AP" as the students log it, else TEACHERS/<pair>'s run).
+Then LumiNet's best AP minus each method's, paired by seed.
 """
 
 import argparse
@@ -85,6 +86,22 @@ def table(rows: list[dict]) -> tuple[str, dict]:
     return "\n".join(lines), stats
 
 
+def paired(rows: list[dict]) -> str:
+    """LumiNet's best AP minus each other method's, seed by seed (points), per pair."""
+    by = {(r["pair"], r["method"], r["seed"]): r["AP"] for r in rows if r["seed"] >= 0}
+    lines = ["| pair | LumiNet − method | per seed (AP points) | mean ± std |", "|---|---|---|---|"]
+    for pair, method in sorted({(p, m) for p, m, _ in by if m != "luminet"}):
+        seeds = sorted(k for p, m, k in by if (p, m) == (pair, method) and (p, "luminet", k) in by)
+        if not seeds:
+            continue
+        diffs = [100 * (by[(pair, "luminet", k)] - by[(pair, method, k)]) for k in seeds]
+        mean, std = results.mean_std(diffs)
+        per_seed = ", ".join(f"{d:+.2f}" for d in diffs)
+        spread = f"{mean:+.2f} ± {std:.2f}" if len(diffs) > 1 else f"{mean:+.2f}"
+        lines.append(f"| {pair} | {method} | {per_seed} | {spread} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def main(argv=None):
     """Prints (and optionally writes) the table, the per-run CSV and the plot."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -98,6 +115,9 @@ def main(argv=None):
     if not rows:
         raise SystemExit(f"No finished evals under {args.root} (ROOT/<pair>/<method>/seed<k>).")
     text, stats = table(rows)
+    if differences := paired(rows):
+        text += "\n\nPaired by seed (same seed: same initialization and batch order):\n\n"
+        text += differences
     results.write_table(text, args.out)
     if args.csv:
         os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
