@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from luminet_jax.detection import rcnn
+from luminet_jax.models import torch_convert
 
 IGNORED_PREFIXES = ("proposal_generator.anchor_generator.",)
 IGNORED_KEYS = ("pixel_mean", "pixel_std")
@@ -117,15 +118,7 @@ def _assign(
             node = node.setdefault(part, {})
         node[path[-1]] = np.asarray(value, spec.dtype)
     extra = sorted(k for k in state_dict if k not in used and not _ignored(k))
-    errors = []
-    if missing:
-        errors.append(f"missing keys: {missing}")
-    if extra:
-        errors.append(f"unexpected keys: {extra}")
-    if mismatched:
-        errors.append(f"shape mismatches: {mismatched}")
-    if errors:
-        raise ValueError(f"Cannot load {what}: " + "; ".join(errors))
+    torch_convert.check_keys(f"Cannot load {what}", missing, extra, mismatched)
     return variables
 
 

@@ -152,13 +152,25 @@ def from_torch(name: str, state_dict: Mapping[str, Any], *, num_classes: int) ->
                 node = node.setdefault(part, {})
             node[path[-1]] = value
     extra = sorted(k for k in sd if k not in used and not k.endswith(_IGNORED_SUFFIX))
-    errors = []
-    if missing:
-        errors.append(f"missing PyTorch keys: {missing}")
-    if extra:
-        errors.append(f"unexpected PyTorch keys: {extra}")
-    if mismatched:
-        errors.append(f"shape mismatches: {mismatched}")
-    if errors:
-        raise ValueError(f"Cannot convert state_dict for {canonical!r}: " + "; ".join(errors))
+    check_keys(
+        f"Cannot convert state_dict for {canonical!r}", missing, extra, mismatched, kind="PyTorch "
+    )
     return variables
+
+
+def check_keys(
+    what: str, missing: list[str], unexpected: list[str], mismatched: list[str], *, kind: str = ""
+) -> None:
+    """Raises one ValueError "`what`: missing / unexpected {kind}keys ...; shape mismatches ..."
+    naming every problem of a checkpoint import (also detection.convert's); silent if none."""
+    errors = [
+        f"{label}: {items}"
+        for label, items in (
+            (f"missing {kind}keys", missing),
+            (f"unexpected {kind}keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
+        if items
+    ]
+    if errors:
+        raise ValueError(f"{what}: " + "; ".join(errors))
