@@ -10,6 +10,8 @@ runs it (luminet_jax/detection/task.py). Sizes:
   tiny        configs/detection_smoke.py's detector, 128 x 128 images
   tb_student  configs/tiny_boxes_frcnn.py's student (R-18 at half width), 128 x 128
   tb_teacher  its teacher (full-width R-18), 128 x 128
+  t4_student, t4_teacher  configs/tiny_boxes_table4.py's pair (R-18 at quarter / half width,
+              whole backbone trained, 20 classes), 128 x 128
   r18_fpn     detectron2's R-18-FPN (the COCO student), 800 x 800 padded images, 80 classes
   r50_fpn     detectron2's R-50-FPN, 800 x 800 (detectron2's published training speed is
               for this model at short side 800, see benchmarks/README.md)
@@ -60,6 +62,26 @@ SIZES = {  # name -> (detector, fields, image side, classes)
     ),
     "tb_student": ("faster_rcnn_r18_fpn", dict(_TB, stem_channels=32), 128, 200),
     "tb_teacher": ("faster_rcnn_r18_fpn", dict(_TB, stem_channels=64), 128, 200),
+    # configs/tiny_boxes_table4.py: the reduced Table 4 pair (20 classes, nothing frozen).
+    "t4_student": (
+        "faster_rcnn_r18_fpn",
+        dict(
+            _TB,
+            stem_channels=16,
+            fpn_channels=32,
+            fc_dim=128,
+            roi_batch_size_per_image=32,
+            freeze_at=0,
+        ),
+        128,
+        20,
+    ),  # fmt: skip
+    "t4_teacher": (
+        "faster_rcnn_r18_fpn",
+        dict(_TB, stem_channels=32, fpn_channels=64, fc_dim=256, freeze_at=0),
+        128,
+        20,
+    ),
     "r18_fpn": ("faster_rcnn_r18_fpn", {}, 800, 80),
     "r50_fpn": ("faster_rcnn_r50_fpn", {}, 800, 80),
 }
