@@ -71,6 +71,7 @@ def _zoo_cohort(images):
     return variables, zoo.apply(variables, images, train=False), members
 
 
+@pytest.mark.slow  # ~12 s; the default DML step test also trains and checks both members
 def test_cohort_holds_both_members_and_returns_their_logits():
     _, batch, _, _ = _setup()
     variables, (logits, feats), members = _zoo_cohort(batch["image"])

@@ -96,6 +96,7 @@ def test_matches_xla_float64():
         _check_configs([CONFIGS[i] for i in (2, 5, 7, 9)], jnp.float64, rtol=1e-10)
 
 
+@pytest.mark.slow  # ~8 s; test_matches_xla_* compare the same gradients through models
 def test_conv2d_custom_vjp_directly():
     """`conv2d` itself equals lax.conv_general_dilated in value and both gradients."""
     x = jax.random.normal(jax.random.key(2), (3, 8, 8, 4))

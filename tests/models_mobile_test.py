@@ -151,12 +151,10 @@ def test_compute_dtype_follows_option_and_inputs(name):
     assert all(f.dtype == jnp.float64 for f in feats.values())
 
 
-# ShuffleNetV2 runs by default; MobileNetV2 and ShuffleNetV1 (~10 s each) with -m slow
-# (their eval forwards are also checked against PyTorch in torch_parity_mobile_test).
-@pytest.mark.parametrize(
-    "name",
-    [n if n == "shufflenet_v2" else pytest.param(n, marks=pytest.mark.slow) for n in CIFAR_CNNS],
-)
+# With -m slow (~7-10 s each; their eval forwards are also checked against PyTorch in
+# torch_parity_mobile_test, and train-mode batch statistics in models_test for the ResNets).
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CIFAR_CNNS)
 def test_cifar_forward_and_batch_stats_update(name):
     model, abstract, _ = _abstract(name)
     variables = _random_variables(abstract)

@@ -131,7 +131,10 @@ def _run(step_fn, train_state, t_vars, batch, n):
     return train_state, metrics
 
 
-@pytest.mark.parametrize("name", ["luminet_double", "vanilla_double", "luminet", "kd"])
+@pytest.mark.parametrize(
+    "name",
+    ["luminet_double", pytest.param("vanilla_double", marks=pytest.mark.slow), "luminet", "kd"],
+)
 def test_sharded_step_equals_single_device_step(name):
     """Loss, metrics, new params/opt state/batch_stats: 8 shards == 1 device, 3 steps.
 
