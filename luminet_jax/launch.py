@@ -189,7 +189,7 @@ def write_config(config, workdir: str) -> None:
 
 
 def log_start(config: Any, workdir: str) -> None:
-    """Logs the run (method, models, data, batch, workdir) and the device layout."""
+    """Logs the run (method, models, data, batch, workdir), the device layout and the config."""
     import jax  # noqa: PLC0415
 
     ds, teacher = config.dataset, config.teacher
@@ -213,6 +213,7 @@ def log_start(config: Any, workdir: str) -> None:
         device.platform,
         f" ({kind})" if kind != device.platform else "",
     )
+    logging.debug("Config:\n%s", config)
 
 
 def hide_gpus_from_tf() -> None:

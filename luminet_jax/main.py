@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from luminet_jax import cli, launch
@@ -63,7 +63,6 @@ def main(argv):
     launch.log_start(config, workdir)
     if jax.process_index() == 0:
         launch.write_config(config, workdir)
-    logging.debug("Config:\n%s", config)
     try:
         train.train_and_evaluate(config, workdir)
     finally:
