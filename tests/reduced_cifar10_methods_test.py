@@ -64,9 +64,10 @@ def test_config_builds_the_distiller(method):
         assert distiller.num_negatives < NUM_TRAIN * (CLASSES - 1) / CLASSES
 
 
-def _write_metrics(workdir, best):
+def _write_metrics(workdir, best, wall_s):
     workdir.mkdir(parents=True)
     rows = [{"step": 0, "teacher_top1": 0.6}, {"step": 10, "eval/top1": best, "eval/top5": 0.9}]
+    rows.append({"step": 10, "summary/wall_s": wall_s})
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -75,7 +76,8 @@ def test_collector_pairs_luminet_with_every_method(tmp_path):
     accs = {m: 0.5 + 0.01 * rng.random(3) for m in run.ALL_METHODS}
     for method, values in accs.items():
         for seed, value in enumerate(values):
-            _write_metrics(tmp_path / f"{run.GROUP}/{method}/seed{seed}", float(value))
+            wall_s = 300.0 if method == "dml" else 100.0 + seed  # KD's mean: 101 s
+            _write_metrics(tmp_path / f"{run.GROUP}/{method}/seed{seed}", float(value), wall_s)
     _, summary, table = collect.main(["--root", str(tmp_path), "--out-dir", str(tmp_path / "o")])
     assert list(summary["methods"]) == [m for m in collect.LABELS if m in accs]
     for method in ("kd", "vanilla", *run.FEATURE_METHODS):
@@ -83,6 +85,7 @@ def test_collector_pairs_luminet_with_every_method(tmp_path):
         np.testing.assert_allclose(diff["diffs"], accs["luminet"] - accs[method], atol=1e-12)
         assert diff["seeds"] == [0, 1, 2]
         assert f"| LumiNet − {collect.LABELS[method]} | 3 |" in table
+    assert "| 101 | 1.00 |" in table and "| 300 | 2.97 |" in table  # wall time, ratio to KD
     assert (tmp_path / "o" / "paired.png").exists() and (tmp_path / "o" / "accuracy.png").exists()
 
 

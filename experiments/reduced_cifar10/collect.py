@@ -3,7 +3,8 @@
 python experiments/reduced_cifar10/collect.py --root ROOT \
     --out-dir experiments/reduced_cifar10/results
 
-Writes table.md (best/last top-1, mean ± std over seeds; paired differences between methods
+Writes table.md (best/last top-1, mean ± std over seeds, and the mean wall time per run with
+its ratio to KD's; paired differences between methods
 on the same seed, i.e. the same student initialization and batch order, with a paired t
 statistic: LumiNet minus every other method found, and KD minus the student alone),
 runs.csv (one line per run), summary.json, accuracy.png (bars) and paired.png (LumiNet
@@ -45,16 +46,26 @@ def paired(found, a: str, b: str, field: str = "best_top1") -> dict:
     return {"seeds": seeds, "diffs": diffs, "mean": mean, "std": std, "t": t}
 
 
+def _number(value: float, spec: str) -> str:
+    return "-" if math.isnan(value) else format(value, spec)
+
+
 def tables(found) -> tuple[str, dict]:
     """The markdown (accuracy table + paired differences) and the summary dict."""
-    stats = results.aggregate(found)
+    stats = results.aggregate(found, fields=("best_top1", "last_top1", "wall_s"))
     order = [m for m in LABELS if any(k[1] == m for k in stats)]
-    lines = ["| method | seeds | best top-1 | last top-1 |", "|---|---|---|---|"]
+    kd_wall = stats.get((run.GROUP, "kd"), {}).get("wall_s", (math.nan,))[0]
+    lines = [
+        "| method | seeds | best top-1 | last top-1 | wall s per run | x KD |",
+        "|---|---|---|---|---|---|",
+    ]
     for method in order:
         row = stats[(run.GROUP, method)]
+        wall = row["wall_s"][0]
         lines.append(
             f"| {LABELS[method]} | {row['n']} | {results.percent(*row['best_top1'])} | "
-            f"{results.percent(*row['last_top1'])} |"
+            f"{results.percent(*row['last_top1'])} | {_number(wall, '.0f')} | "
+            f"{_number(wall / kd_wall, '.2f')} |"
         )
     teacher = [r.teacher_top1 for r in found if not math.isnan(r.teacher_top1)]
     if teacher:
