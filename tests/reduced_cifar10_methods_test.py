@@ -64,10 +64,11 @@ def test_config_builds_the_distiller(method):
         assert distiller.num_negatives < NUM_TRAIN * (CLASSES - 1) / CLASSES
 
 
-def _write_metrics(workdir, best, wall_s):
+def _write_metrics(workdir, best, wall_s=None):
     workdir.mkdir(parents=True)
     rows = [{"step": 0, "teacher_top1": 0.6}, {"step": 10, "eval/top1": best, "eval/top5": 0.9}]
-    rows.append({"step": 10, "summary/wall_s": wall_s})
+    if wall_s is not None:  # the summary a finished run writes last
+        rows.append({"step": 10, "summary/wall_s": wall_s})
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -78,7 +79,9 @@ def test_collector_pairs_luminet_with_every_method(tmp_path):
         for seed, value in enumerate(values):
             wall_s = 300.0 if method == "dml" else 100.0 + seed  # KD's mean: 101 s
             _write_metrics(tmp_path / f"{run.GROUP}/{method}/seed{seed}", float(value), wall_s)
+    _write_metrics(tmp_path / f"{run.GROUP}/kd/seed3", 0.9)  # still training: left out
     _, summary, table = collect.main(["--root", str(tmp_path), "--out-dir", str(tmp_path / "o")])
+    assert summary["methods"]["kd"]["seeds"] == [0, 1, 2]
     assert list(summary["methods"]) == [m for m in collect.LABELS if m in accs]
     for method in ("kd", "vanilla", *run.FEATURE_METHODS):
         diff = summary["paired"][f"luminet-{method}"]

@@ -4,7 +4,7 @@ python experiments/reduced_cifar10/collect.py --root ROOT \
     --out-dir experiments/reduced_cifar10/results
 
 Writes table.md (best/last top-1, mean ± std over seeds, and the mean wall time per run with
-its ratio to KD's; paired differences between methods
+its ratio to KD's; runs not finished yet are left out; paired differences between methods
 on the same seed, i.e. the same student initialization and batch order, with a paired t
 statistic: LumiNet minus every other method found, and KD minus the student alone),
 runs.csv (one line per run), summary.json, accuracy.png (bars) and paired.png (LumiNet
@@ -96,7 +96,12 @@ def main(argv=None):
     parser.add_argument("--root", required=True)
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
-    found = [r for r in results.collect(args.root) if r.group == run.GROUP]
+    runs_here = [r for r in results.collect(args.root) if r.group == run.GROUP]
+    # A run still training has evals but no summary (written at its end): left out.
+    found = [r for r in runs_here if not math.isnan(r.wall_s)]
+    for r in runs_here:
+        if math.isnan(r.wall_s):
+            print(f"Skipped (not finished: no summary yet): {r.workdir}", file=sys.stderr)
     if not found:
         raise SystemExit(f"No runs under {args.root}/{run.GROUP}")
     table, summary = tables(found)
