@@ -177,6 +177,7 @@ def _write_metrics(workdir: pathlib.Path, evals: list[tuple[float, float]]) -> N
         f.write(json.dumps({"step": 0, "teacher_top1": 0.7}) + "\n")
         for i, (top1, top5) in enumerate(evals, 1):
             f.write(json.dumps({"step": 10 * i, "eval/top1": top1, "eval/top5": top5}) + "\n")
+        f.write(json.dumps({"step": 10 * len(evals), "summary/wall_s": 1.0}) + "\n")  # finished
 
 
 def test_table2_collector_reports_top5_at_best(tmp_path):

@@ -85,7 +85,12 @@ def bar_plot(
     if finite:
         low, high = min(v for v, _ in finite), max(top for _, top in finite)
         pad = max(1.0, (high - low) * 0.5)
-        ax.set_ylim(max(0.0, low - 3 * pad), high + pad)
+        deepest = min(v - e for v, e in zip(values, errs) if not math.isnan(v))
+        if deepest < 0:  # differences: show the bars below zero, with the zero line
+            ax.set_ylim(deepest - 0.2 * pad, max(high, 0.0) + pad)
+            ax.axhline(0.0, color="black", linewidth=0.8)
+        else:
+            ax.set_ylim(max(0.0, low - 3 * pad), high + pad)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels)
     ax.set_ylabel(ylabel)
