@@ -81,11 +81,11 @@ def bar_plot(
             xytext=(0, 2),
             textcoords="offset points",
         )
-    finite = [(v, v + e) for v, e in zip(values, errs) if not math.isnan(v)]
+    finite = [(v, e) for v, e in zip(values, errs) if not math.isnan(v)]
     if finite:
-        low, high = min(v for v, _ in finite), max(top for _, top in finite)
+        low, high = min(v for v, _ in finite), max(v + e for v, e in finite)
         pad = max(1.0, (high - low) * 0.5)
-        deepest = min(v - e for v, e in zip(values, errs) if not math.isnan(v))
+        deepest = min(v - e for v, e in finite)
         if deepest < 0:  # differences: show the bars below zero, with the zero line
             ax.set_ylim(deepest - 0.2 * pad, max(high, 0.0) + pad)
             ax.axhline(0.0, color="black", linewidth=0.8)

@@ -96,12 +96,14 @@ def main(argv=None):
     parser.add_argument("--root", required=True)
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
-    runs_here = [r for r in results.collect(args.root) if r.group == run.GROUP]
-    # A run still training has evals but no summary (written at its end): left out.
-    found = [r for r in runs_here if not math.isnan(r.wall_s)]
-    for r in runs_here:
-        if math.isnan(r.wall_s):
+    found = []
+    for r in results.collect(args.root):
+        if r.group != run.GROUP:
+            continue
+        if math.isnan(r.wall_s):  # still training: the summary is written at the end
             print(f"Skipped (not finished: no summary yet): {r.workdir}", file=sys.stderr)
+        else:
+            found.append(r)
     if not found:
         raise SystemExit(f"No runs under {args.root}/{run.GROUP}")
     table, summary = tables(found)
