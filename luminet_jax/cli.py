@@ -8,12 +8,15 @@ traceback; `--verbosity=1` or LUMINET_TRACEBACK=1 shows the traceback.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
 import importlib.util
 import logging
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, NoReturn
 
@@ -132,10 +135,12 @@ def _drop_noise(record: logging.LogRecord) -> bool:
 
 
 def quiet_logs() -> None:
-    """Hides the start-up noise of jax and orbax at the default verbosity (idempotent).
+    """Hides the start-up noise of jax, orbax and TensorFlow at the default verbosity.
 
-    Warnings stay, except the known harmless ones above. Call it before orbax is imported
-    (its registry warning comes at import time); it imports neither jax nor orbax.
+    Warnings stay, except the known harmless ones above. TensorFlow's import-time banners
+    (`TF_BANNERS`) are dropped whenever and wherever it is first imported; everything else
+    it prints reaches stderr. Call it before orbax is imported (its registry warning comes
+    at import time); it imports none of jax, orbax or TensorFlow. Idempotent.
     """
     targets = [logging.getLogger("absl"), absl_logging.get_absl_handler()]
     targets += [logging.getLogger(name) for name in _PROBE_LOGGERS]
@@ -143,6 +148,89 @@ def quiet_logs() -> None:
         if _drop_noise not in target.filters:
             target.addFilter(_drop_noise)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO lines on import
+    if not any(isinstance(finder, _QuietImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImport("tensorflow"))
+
+
+# TensorFlow's C++ start-up lines that need no action. They bypass TF_CPP_MIN_LOG_LEVEL:
+# with oneDNN on (the default on CPUs with AVX-512, e.g. Intel Xeons, or with
+# TF_ENABLE_ONEDNN_OPTS=1) every import prints the first two, whatever the level says.
+TF_BANNERS = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+    "cpu_feature_guard.cc",  # "optimized to use available CPU instructions" ...
+    "To enable the following instructions:",  # ... and its second line
+)
+
+
+@contextlib.contextmanager
+def filtered_stderr(drop: Sequence[str]) -> Iterator[None]:
+    """Drops the lines containing any of `drop` from what is written to file descriptor 2.
+
+    Works below Python (C++ libraries write to the descriptor directly): fd 2 goes to a pipe
+    for the duration, and on exit every other line is written to the real stderr, in order.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    chunks: list[bytes] = []
+
+    def drain():  # a reader thread, so a writer never blocks on a full pipe
+        while chunk := os.read(read_end, 65536):
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the reader sees EOF
+        reader.join()
+        os.close(read_end)
+        os.close(saved)
+        lines = b"".join(chunks).splitlines(keepends=True)
+        kept = [x for x in lines if not any(d.encode() in x for d in drop)]
+        if kept:
+            os.write(2, b"".join(kept))
+
+
+class _LoaderWithoutBanners:
+    """A module loader that runs the real one's `exec_module` under `filtered_stderr`."""
+
+    def __init__(self, loader: Any):
+        self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:  # get_resource_reader, is_package, ...
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        with filtered_stderr(TF_BANNERS):
+            self._loader.exec_module(module)
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Finds top-level module `name` as the next finders do, with a banner-dropping loader."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        finders = sys.meta_path[sys.meta_path.index(self) + 1 :] if self in sys.meta_path else []
+        for finder in finders:
+            spec = getattr(finder, "find_spec", lambda *a: None)(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _LoaderWithoutBanners(spec.loader)
+                return spec
+        return None
 
 
 # ---------------------------------------------------------------------------------------

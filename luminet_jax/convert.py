@@ -85,6 +85,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs the conversion (the console script `luminet-convert`); argv: sys.argv[1:]."""
+    cli.quiet_logs()
     args = parse_args(argv)
     try:
         _convert(args)

@@ -198,6 +198,7 @@ def plot_curves(runs: Sequence[Run], out: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script `luminet-report`; `argv` defaults to sys.argv[1:]."""
+    cli.quiet_logs()
     prog = cli.command("luminet_jax.report", "luminet-report")
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

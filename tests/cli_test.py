@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
+import sys
 
 import pytest
 from absl import flags
@@ -95,6 +97,45 @@ def _fail_with(error):
         raise error
 
     return main
+
+
+_BANNER = (
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    b"I0000 00:00:1796555828.746703    2423 port.cc:153] oneDNN custom operations are on. "
+    b"You may see slightly different numerical results ...\n"
+)
+
+
+def test_filtered_stderr_drops_the_banners_and_keeps_everything_else(capfd):
+    with cli.filtered_stderr(cli.TF_BANNERS):
+        os.write(2, _BANNER)
+        os.write(2, b"E0000 00:00:1.0 7 some_op.cc:12] a real error\n" + b"x" * 200_000 + b"\n")
+    err = capfd.readouterr().err
+    assert "oneDNN" not in err and "absl::InitializeLog" not in err, err[:500]
+    assert err.startswith("E0000 00:00:1.0 7 some_op.cc:12] a real error\nxxx"), err[:500]
+    assert len(err) == len("E0000 00:00:1.0 7 some_op.cc:12] a real error\n") + 200_001
+
+
+def test_quiet_import_filters_a_modules_import_time_banner(tmp_path, monkeypatch, capfd):
+    """What quiet_logs installs for `tensorflow`, on a stand-in module that prints like it."""
+    (tmp_path / "banner_module.py").write_text(
+        f"import os\nos.write(2, {_BANNER!r})\nos.write(2, b'E0000 a real error\\n')\nVALUE = 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "meta_path", [cli._QuietImport("banner_module"), *sys.meta_path])
+    monkeypatch.delitem(sys.modules, "banner_module", raising=False)
+    import banner_module  # noqa: PLC0415
+
+    assert banner_module.VALUE == 3
+    assert capfd.readouterr().err == "E0000 a real error\n"
+
+
+def test_quiet_logs_installs_the_tensorflow_import_filter_once(monkeypatch):
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    cli.quiet_logs()
+    cli.quiet_logs()
+    quiet = [f for f in sys.meta_path if isinstance(f, cli._QuietImport)]
+    assert [f.name for f in quiet] == ["tensorflow"]
 
 
 def test_user_error_prints_one_line_and_the_hint(capsys):

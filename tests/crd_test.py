@@ -106,14 +106,15 @@ VARIANTS = (("exact", K, False), ("relax", K, False), ("exact", 35, False), ("ex
 
 @jax.jit
 def _pure(params, state, b, idx, z_s, z_t):
-    """The public pure functions on the batch: scores, NCE loss, one memory update."""
+    """The public pure functions on the batch (DESIGN.md section 6, imported from
+    `luminet_jax.distillers` as users do): scores, NCE loss, one memory update."""
     v_s = crd.embed(params["embed_s"], b["s_pooled"])
     v_t = crd.embed(params["embed_t"], b["t_pooled"])
-    out = crd.crd_contrast(
+    out = distillers.crd_contrast(
         v_s, v_t, state["memory_s"], state["memory_t"], idx, temperature=TEMP, z_s=z_s, z_t=z_t
     )
-    nce = crd.crd_nce_loss(out[0], num_data=N) + crd.crd_nce_loss(out[1], num_data=N)
-    memory_s = crd.crd_update_memory(state["memory_s"], v_s, b["index"], momentum=MOMENTUM)
+    nce = distillers.crd_nce_loss(out[0], num_data=N) + distillers.crd_nce_loss(out[1], num_data=N)
+    memory_s = distillers.crd_update_memory(state["memory_s"], v_s, b["index"], momentum=MOMENTUM)
     return out, 0.8 * nce, memory_s
 
 

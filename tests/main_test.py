@@ -29,7 +29,16 @@ _NOISE = ("Unable to initialize backend", "Type handler registry", 'Item "defaul
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    # TF_ENABLE_ONEDNN_OPTS=1: TensorFlow's oneDNN path, the default on Intel CPUs, whose
+    # import prints a banner whatever TF_CPP_MIN_LOG_LEVEL says; forced so that every
+    # machine checks that the commands keep it away from the user.
+    env = dict(
+        os.environ,
+        XLA_FLAGS="",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
+        TF_ENABLE_ONEDNN_OPTS="1",
+    )
     env.pop(cli.TRACEBACK_ENV, None)
     return env
 
@@ -80,11 +89,14 @@ def runs(tmp_path_factory):
             "--num_processes=2", "--process_id=1", "--initialization_timeout=5",
         ],
     }  # fmt: skip
-    # The one training subprocess: the default log of a short run (the teacher of the
-    # in-process tests below).
-    jobs["teacher"] = [
-        *main[:3], f"--workdir={teacher}", "--config=quickstart:teacher",
-        "--config.student.name=resnet8", *_TINY,
+    # The training subprocesses: the default log of a short run (the teacher of the
+    # in-process tests below), and the same run streaming through tf.data (TensorFlow
+    # imported while it trains).
+    teacher_run = [*main[:3], "--config=quickstart:teacher", "--config.student.name=resnet8"]
+    jobs["teacher"] = [*teacher_run, f"--workdir={teacher}", *_TINY]
+    jobs["streamed"] = [
+        *teacher_run, f"--workdir={tmp / 'streamed'}", *_TINY,
+        "--config.dataset.device_resident=False",
     ]  # fmt: skip
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
         futures = {name: pool.submit(_timed, args, tmp) for name, args in jobs.items()}
@@ -133,15 +145,22 @@ def test_unreachable_coordinator_fails_within_the_timeout(runs):
     assert seconds < 90
 
 
-def test_short_run_starts_with_what_runs_where_and_logs_no_noise(runs):
-    result, _ = runs["teacher"]
+@pytest.mark.parametrize("name", ["teacher", "streamed"])
+def test_short_run_starts_with_what_runs_where_and_logs_no_noise(runs, name):
+    result, _ = runs[name]
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "", result.stdout[-3000:]
     lines = result.stderr.splitlines()
     assert all(_LOG_LINE.match(line) for line in lines), lines  # nothing but log lines
     assert not [line for line in lines if any(noise in line for noise in _NOISE)], lines
     assert not [line for line in lines if line.startswith(("W", "E"))], lines
+    assert not [line for line in lines if "oneDNN" in line], lines  # I0000 ... port.cc
     assert "] Run: vanilla, student resnet8 on cifar10_sample (batch 16), workdir " in lines[0]
     assert "] Devices: process 0 of 1, 1 local / 1 global cpu devices" in lines[1]
+    assert any("step 1/1" in line for line in lines), lines
+
+
+def test_short_run_writes_its_config(runs):
     config = json.loads((runs["teacher_dir"] / "config.json").read_text())
     assert config["student"]["name"] == "resnet8" and config["batch_size"] == 16
 

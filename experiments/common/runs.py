@@ -238,7 +238,9 @@ def teacher_runs(
 
 
 def _run_in_process(run: Run) -> None:
-    from luminet_jax import train  # noqa: PLC0415  (jax is only needed to train here)
+    from luminet_jax import cli, train  # noqa: PLC0415  (jax is only needed to train here)
+
+    cli.quiet_logs()
 
     config = apply_overrides(load_config(run.config), run.overrides)
     train.train_and_evaluate(config, run.workdir)

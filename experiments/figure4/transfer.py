@@ -164,7 +164,10 @@ def main(argv=None):
     parser.add_argument("--title", default="Transfer to Tiny-ImageNet (linear probe)")
     args = parser.parse_args(argv)
 
+    from luminet_jax import cli  # noqa: PLC0415
     from luminet_jax.data import input_pipeline  # noqa: PLC0415  (imports TensorFlow)
+
+    cli.quiet_logs()  # before TensorFlow's import: its start-up banners
 
     workdirs = find_workdirs(args.root, args.group, [m for m in args.methods.split(",") if m])
     if not workdirs and not args.random_init:

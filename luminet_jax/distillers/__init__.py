@@ -51,6 +51,9 @@ ofd_loss = feature_losses.ofd_loss
 hcl_loss = feature_losses.hcl_loss
 kdsvd_loss = feature_losses.kdsvd_loss
 adaptive_avg_pool = feature_losses.adaptive_avg_pool
+crd_contrast = crd.crd_contrast
+crd_update_memory = crd.crd_update_memory
+crd_nce_loss = crd.crd_nce_loss
 
 DISTILLERS = {
     "vanilla": vanilla.Vanilla,
