@@ -18,6 +18,8 @@ Every config has the same top-level sections (read by `luminet_jax/train.py` and
     num_epochs        training length; num_train_steps > 0 overrides it (tests, smoke runs)
     compute_dtype     "" (the inputs' dtype, float32) or "bfloat16" etc., for both models
     fast_conv         "" (off), "pointwise" or "all": luminet_jax.fast_conv on CPU
+    compile_cache     "auto" (the user's cache folder), a folder, or "off": JAX's
+                      persistent compilation cache (read by main only)
     student           get_model kwargs: name (+ model fields); num_classes/dtype/axis_name
                       are filled in by the trainer
     teacher           name and checkpoint (a converted orbax dir, a PyTorch-keyed .npz, or an
@@ -108,6 +110,9 @@ def base(**overrides: Any) -> ml_collections.ConfigDict:
     config.num_train_steps = -1  # > 0: stop after this many steps (tests, smoke runs)
     config.compute_dtype = ""  # "" = float32 parameters and compute; "bfloat16" on GPU/TPU
     config.fast_conv = ""  # CPU only: "pointwise" or "all" = conv weight grads as matmuls
+    # JAX's persistent compilation cache: "auto" ($LUMINET_COMPILE_CACHE, else
+    # ~/.cache/luminet_jax/jax), a folder, or "off".
+    config.compile_cache = "auto"
     config.student = dict(name="resnet8")
     config.teacher = dict(name="", checkpoint="")
     config.distiller = dict(name="vanilla")

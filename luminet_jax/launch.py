@@ -115,6 +115,47 @@ def initialize_distributed(args: dict[str, Any] | None) -> None:
     logging.info("Joined %d processes through %s.", jax.process_count(), address or "the env")
 
 
+CACHE_ENV = "LUMINET_COMPILE_CACHE"  # a folder, or "off"; overrides the default folder
+
+
+def default_cache_dir() -> str:
+    """JAX's persistent compilation cache folder: $LUMINET_COMPILE_CACHE, else
+    $XDG_CACHE_HOME/luminet_jax/jax (~/.cache/luminet_jax/jax); "" when set to "off"."""
+    given = os.environ.get(CACHE_ENV)
+    if given is not None:
+        return "" if given.strip().lower() in ("", "off", "0", "none") else given
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "luminet_jax", "jax")
+
+
+def enable_compilation_cache(path: str = "auto") -> str:
+    """Turns on JAX's persistent compilation cache in `path` ("auto": `default_cache_dir()`).
+
+    A second run of the same program then loads its compiled steps from disk instead of
+    compiling them again. "" or "off" leaves the cache off, and so does a folder that cannot
+    be created (a read-only home: logged, not fatal). An entry point's call (main,
+    quickstart, benchmarks), before the first compilation.
+
+    Returns:
+      The folder in use, or "" when the cache is off.
+    """
+    path = default_cache_dir() if path == "auto" else path
+    if path.strip().lower() in ("", "off"):
+        return ""
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        logging.warning("Compilation cache off: cannot create %s (%s).", path, e)
+        return ""
+    import jax  # noqa: PLC0415
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    # Steps compile in seconds; the many sub-second jits are not worth a disk entry.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return path
+
+
 def teacher_hint(config, *, config_name: str, prog: str) -> str:
     """How to get a teacher checkpoint for `config` (the quickstart's own command for it)."""
     from luminet_jax import tasks  # noqa: PLC0415
@@ -188,8 +229,9 @@ def write_config(config, workdir: str) -> None:
         f.write(config.to_json_best_effort(indent=1, sort_keys=True) + "\n")
 
 
-def log_start(config: Any, workdir: str) -> None:
-    """Logs the run (method, models, data, batch, workdir), the device layout and the config."""
+def log_start(config: Any, workdir: str, *, cache_dir: str = "") -> None:
+    """Logs the run (method, models, data, batch, workdir), the device layout, the
+    compilation cache folder ("" = off) and the config."""
     import jax  # noqa: PLC0415
 
     ds, teacher = config.dataset, config.teacher
@@ -213,6 +255,7 @@ def log_start(config: Any, workdir: str) -> None:
         device.platform,
         f" ({kind})" if kind != device.platform else "",
     )
+    logging.info("Compilation cache: %s", cache_dir or "off")
     logging.debug("Config:\n%s", config)
 
 

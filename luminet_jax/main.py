@@ -58,9 +58,10 @@ def main(argv):
 
     launch.check_batch(config, jax.device_count())
     launch.hide_gpus_from_tf()
+    cache_dir = launch.enable_compilation_cache(config.get("compile_cache", "auto"))
     from luminet_jax import train  # noqa: PLC0415  (imports orbax: after quiet_logs)
 
-    launch.log_start(config, workdir)
+    launch.log_start(config, workdir, cache_dir=cache_dir)
     if jax.process_index() == 0:
         launch.write_config(config, workdir)
     try:

@@ -10,6 +10,9 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# No test writes JAX's compilation cache into the user's home (tests that check the cache
+# give it a folder of their own).
+os.environ.setdefault("LUMINET_COMPILE_CACHE", "off")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `configs` is a top-level package beside `luminet_jax`.

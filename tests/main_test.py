@@ -93,7 +93,9 @@ def runs(tmp_path_factory):
     # in-process tests below), and the same run streaming through tf.data (TensorFlow
     # imported while it trains).
     teacher_run = [*main[:3], "--config=quickstart:teacher", "--config.student.name=resnet8"]
-    jobs["teacher"] = [*teacher_run, f"--workdir={teacher}", *_TINY]
+    jobs["teacher"] = [
+        *teacher_run, f"--workdir={teacher}", *_TINY, f"--config.compile_cache={tmp / 'cache'}"
+    ]  # fmt: skip
     jobs["streamed"] = [
         *teacher_run, f"--workdir={tmp / 'streamed'}", *_TINY,
         "--config.dataset.device_resident=False",
@@ -101,7 +103,7 @@ def runs(tmp_path_factory):
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
         futures = {name: pool.submit(_timed, args, tmp) for name, args in jobs.items()}
         out = {name: future.result() for name, future in futures.items()}
-    out["teacher_dir"] = teacher
+    out["teacher_dir"], out["cache_dir"] = teacher, tmp / "cache"
     return out
 
 
@@ -158,6 +160,25 @@ def test_short_run_starts_with_what_runs_where_and_logs_no_noise(runs, name):
     assert "] Run: vanilla, student resnet8 on cifar10_sample (batch 16), workdir " in lines[0]
     assert "] Devices: process 0 of 1, 1 local / 1 global cpu devices" in lines[1]
     assert any("step 1/1" in line for line in lines), lines
+
+
+def test_compilation_cache_is_on_by_default_and_can_be_moved_or_disabled(runs):
+    lines = runs["teacher"][0].stderr.splitlines()
+    assert f"] Compilation cache: {runs['cache_dir']}" in lines[2], lines
+    assert any(p.is_file() for p in runs["cache_dir"].rglob("*"))  # the compiled steps
+    lines = runs["streamed"][0].stderr.splitlines()  # LUMINET_COMPILE_CACHE=off (conftest)
+    assert "] Compilation cache: off" in lines[2], lines
+
+
+def test_default_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv(launch.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert launch.default_cache_dir() == str(tmp_path / "luminet_jax" / "jax")
+    monkeypatch.setenv(launch.CACHE_ENV, "off")
+    assert launch.default_cache_dir() == "" and launch.enable_compilation_cache() == ""
+    unwritable = tmp_path / "file"
+    unwritable.write_text("")
+    assert launch.enable_compilation_cache(str(unwritable / "cache")) == ""  # logged, not fatal
 
 
 def test_short_run_writes_its_config(runs):
