@@ -61,7 +61,7 @@ def _make_data(
 
     With `seeds` (several runs in one job) each train batch stacks one batch per seed.
     """
-    from luminet_jax.data import device_data, input_pipeline  # noqa: PLC0415
+    from luminet_jax.data import device_data, sources  # noqa: PLC0415
 
     data_dir, image_size = ds.data_dir or None, ds.image_size or None
 
@@ -70,7 +70,7 @@ def _make_data(
             yield sharding.to_global(local, mesh)
 
     if ds.device_resident:  # CIFAR-sized: both splits decoded once and kept
-        images, labels = input_pipeline.load_arrays(ds.name, info.train_split, data_dir)
+        images, labels = sources.load_arrays(ds.name, info.train_split, data_dir)
         train = device_data.DeviceData(
             images,
             labels,
@@ -81,7 +81,7 @@ def _make_data(
             std=info.std,
             augment=ds.augment,
         )
-        eval_arrays = input_pipeline.load_arrays(ds.name, info.eval_split, data_dir)
+        eval_arrays = sources.load_arrays(ds.name, info.eval_split, data_dir)
         return _Data(
             steps_per_epoch=train.steps_per_epoch,
             image_size=images.shape[1],
@@ -93,6 +93,8 @@ def _make_data(
                 )
             ),
         )
+
+    from luminet_jax.data import input_pipeline  # noqa: PLC0415 (TensorFlow: streaming only)
 
     def train_batches(start_step: int) -> Callable[[int], Any]:
         iters = [
@@ -142,12 +144,12 @@ def build(config: ml_collections.ConfigDict, *, mesh: Any, seeds: list[int]) -> 
       ValueError: a training set smaller than one batch, a missing teacher checkpoint, a
         teacher checkpoint that does not match the teacher model.
     """
-    from luminet_jax.data import input_pipeline  # noqa: PLC0415 (tensorflow: lazily)
+    from luminet_jax.data import sources  # noqa: PLC0415
 
     distiller = distillers.get_distiller(**config.distiller)
     uses_teacher = bool(getattr(distiller, "uses_teacher", True))
     ds = config.dataset
-    info = input_pipeline.dataset_info(ds.name, data_dir=ds.data_dir or None)
+    info = sources.get_source(ds.name, ds.data_dir or None).info
     num_classes = info.num_classes
     dtype = jnp.dtype(config.compute_dtype) if config.compute_dtype else None
     student = models.get_model(

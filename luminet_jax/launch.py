@@ -257,12 +257,3 @@ def log_start(config: Any, workdir: str, *, cache_dir: str = "") -> None:
     )
     logging.info("Compilation cache: %s", cache_dir or "off")
     logging.debug("Config:\n%s", config)
-
-
-def hide_gpus_from_tf() -> None:
-    """The input pipeline uses TF on the CPU only: keep it off accelerator memory."""
-    try:
-        import tensorflow as tf  # noqa: PLC0415
-    except ImportError:  # TF is only needed for the tf.data / TFDS datasets
-        return
-    tf.config.set_visible_devices([], "GPU")

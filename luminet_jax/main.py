@@ -57,7 +57,6 @@ def main(argv):
     import jax  # noqa: PLC0415
 
     launch.check_batch(config, jax.device_count())
-    launch.hide_gpus_from_tf()
     cache_dir = launch.enable_compilation_cache(config.get("compile_cache", "auto"))
     from luminet_jax import train  # noqa: PLC0415  (imports orbax: after quiet_logs)
 

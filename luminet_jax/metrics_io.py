@@ -1,8 +1,8 @@
 """Metric output: `workdir/metrics.jsonl` (one JSON object per line) and TensorBoard.
 
-Only process 0 writes. TensorBoard goes through `tf.summary` when tensorflow and
-tensorboard are importable (imported lazily, so the library needs neither); the jsonl file
-is the record that `experiments/` reads.
+Only process 0 writes. TensorBoard event files are written with the tensorboard package's
+own writer (no TensorFlow) when it is importable; the jsonl file is the record that
+`experiments/` reads.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class MetricWriter:
 
     Args:
       workdir: the run's directory (created if needed).
-      tensorboard: also write TensorBoard event files to `workdir/tb` when tensorflow is
-        importable.
+      tensorboard: also write TensorBoard event files to `workdir/tb` when the tensorboard
+        package is importable.
     """
 
     def __init__(self, workdir: str, *, tensorboard: bool = True):
@@ -48,14 +48,13 @@ class MetricWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         if tensorboard:
-            try:  # tf.summary needs the tensorboard package as well
-                import tensorboard  # noqa: F401, PLC0415
-                import tensorflow as tf  # noqa: PLC0415
+            try:
+                from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: PLC0415
+                from tensorboard.summary.writer import event_file_writer  # noqa: PLC0415
             except ImportError:
-                tf = None
-            if tf is not None:
-                self._tf = tf
-                self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+                return
+            self._protos = event_pb2, summary_pb2
+            self._tb = event_file_writer.EventFileWriter(os.path.join(workdir, "tb"))
 
     @property
     def path(self) -> str:
@@ -75,11 +74,14 @@ class MetricWriter:
         with open(self._path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
-            with self._tb.as_default(step=int(step)):
-                for name, value in record.items():
-                    if name != "step" and isinstance(value, (int, float)):
-                        if not isinstance(value, bool):
-                            self._tf.summary.scalar(name, value)
+            event_pb2, summary_pb2 = self._protos
+            values = [
+                summary_pb2.Summary.Value(tag=name, simple_value=float(value))
+                for name, value in record.items()
+                if name != "step" and isinstance(value, int | float) and not isinstance(value, bool)
+            ]
+            event = event_pb2.Event(step=int(step), summary=summary_pb2.Summary(value=values))
+            self._tb.add_event(event)
             self._tb.flush()
 
     def close(self) -> None:

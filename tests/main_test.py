@@ -56,12 +56,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _timed(args: list[str], cwd) -> tuple[subprocess.CompletedProcess, float]:
+def _timed(args: list[str], cwd, env=None) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
     result = subprocess.run(
-        args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600
+        args, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=600
     )  # fmt: skip
     return result, time.monotonic() - start
+
+
+def _without_tensorflow(tmp) -> dict[str, str]:
+    """An environment where `import tensorflow` / `tensorflow_datasets` raise
+    ModuleNotFoundError and `importlib.util.find_spec` finds neither (as on a GPU image
+    without them)."""
+    site = tmp / "no_tf_site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['tensorflow'] = None\nsys.modules['tensorflow_datasets'] = None\n"
+    )
+    return dict(_env(), PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
 
 
 _TINY = ["--config.batch_size=16", "--config.num_train_steps=1", "--config.log_every_steps=1"]
@@ -100,8 +112,13 @@ def runs(tmp_path_factory):
         *teacher_run, f"--workdir={tmp / 'streamed'}", *_TINY,
         "--config.dataset.device_resident=False",
     ]  # fmt: skip
+    # The device-resident path on the shipped sample, where TensorFlow is not installed.
+    jobs["no_tensorflow"] = [*teacher_run, f"--workdir={tmp / 'no_tf'}", *_TINY]
+    envs = {"no_tensorflow": _without_tensorflow(tmp)}
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
-        futures = {name: pool.submit(_timed, args, tmp) for name, args in jobs.items()}
+        futures = {
+            name: pool.submit(_timed, args, tmp, envs.get(name)) for name, args in jobs.items()
+        }
         out = {name: future.result() for name, future in futures.items()}
     out["teacher_dir"], out["cache_dir"] = teacher, tmp / "cache"
     return out
@@ -147,7 +164,7 @@ def test_unreachable_coordinator_fails_within_the_timeout(runs):
     assert seconds < 90
 
 
-@pytest.mark.parametrize("name", ["teacher", "streamed"])
+@pytest.mark.parametrize("name", ["teacher", "streamed", "no_tensorflow"])
 def test_short_run_starts_with_what_runs_where_and_logs_no_noise(runs, name):
     result, _ = runs[name]
     assert result.returncode == 0, result.stderr[-3000:]
@@ -160,6 +177,18 @@ def test_short_run_starts_with_what_runs_where_and_logs_no_noise(runs, name):
     assert "] Run: vanilla, student resnet8 on cifar10_sample (batch 16), workdir " in lines[0]
     assert "] Devices: process 0 of 1, 1 local / 1 global cpu devices" in lines[1]
     assert any("step 1/1" in line for line in lines), lines
+
+
+def test_the_tensorflow_blocker_works(tmp_path):
+    code = (
+        "import importlib.util, sys\n"
+        "assert importlib.util.find_spec('tensorflow') is None\n"
+        "try:\n    import tensorflow_datasets\nexcept ModuleNotFoundError:\n    sys.exit(3)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=_without_tensorflow(tmp_path), capture_output=True
+    )
+    assert result.returncode == 3, result.stderr
 
 
 def test_compilation_cache_is_on_by_default_and_can_be_moved_or_disabled(runs):

@@ -225,31 +225,7 @@ def make_eval_iter(
     return _numpy_iter(ds)
 
 
-def load_arrays(
-    name: str, split: str, data_dir: str | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Loads a whole split into host memory, for device-resident training (`DeviceData`).
-
-    Args:
-      name: dataset name (fixed-size images: cifar10, cifar100, tiny_imagenet, ...).
-      split: a split name, or "train" / "eval" for the dataset's train / eval split.
-
-    Returns:
-      (uint8 images (N, H, W, 3), int32 labels (N,)), all examples, in stored order.
-    """
-    source = sources.get_source(name, data_dir)
-    split = {"eval": source.info.eval_split}.get(split, split)
-    if source.imagenet_eval:
-        raise ValueError(f"{name} has variable-size images; load_arrays needs a fixed size")
-    ds, _, encoded = source.read(split, 0, 1, False)
-    if encoded:
-        ds = ds.map(lambda ex: {"image": _decode(ex["image"]), "label": ex["label"]})
-    images, labels = [], []
-    # Raises (tf InvalidArgumentError) if images of an image folder differ in size.
-    for batch in tfds.as_numpy(ds.batch(4096)):
-        images.append(batch["image"])
-        labels.append(batch["label"])
-    return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32)
+load_arrays = sources.load_arrays  # whole splits as uint8 arrays (device-resident data)
 
 
 def train_labels(name: str, data_dir: str | None = None) -> np.ndarray:

@@ -5,17 +5,22 @@ A source reads one process's slice of a split as a tf.data.Dataset of {"image", 
 TFDS datasets (cifar10, cifar100, imagenet2012 and the project's tiny_imagenet builder) go
 through `builder.as_dataset(split=tfds.split_for_jax_process(...))`; local archives
 (cifar100_local, image_folder:<path>, cifar10_sample) are read into host memory first.
+
+`load_arrays` reads a whole split as uint8 arrays (device-resident training). For the local
+sources it needs neither TensorFlow nor tfds (JPEGs are decoded with Pillow), and this module
+imports them only when a TFDS dataset or a tf.data reader is asked for, so device-resident
+training on local data runs where TensorFlow is not installed.
 """
 
 import dataclasses
+import io
 import os
 import pathlib
 from collections.abc import Callable
 
-import tensorflow as tf
-import tensorflow_datasets as tfds
+import numpy as np
 
-from luminet_jax.data import augment as augment_lib
+from luminet_jax.data import stats
 from luminet_jax.data.builders import local
 
 _PACKAGE = pathlib.Path(__file__).resolve().parents[1]
@@ -60,12 +65,36 @@ class Source:
     default_augment: str
     native_size: int | None  # Stored image size; None for variable sizes.
     imagenet_eval: bool = False  # Eval by resize 256 + center crop 224 (else resize if needed).
+    # split -> (uint8 images (N, H, W, 3), int32 labels (N,)) without TensorFlow; None: the
+    # split is read through `read` (tf.data).
+    arrays: Callable[[str], tuple[np.ndarray, np.ndarray]] | None = None
+
+
+def tensorflow():
+    """TensorFlow, imported on first use, with the accelerators hidden from it (it only does
+    input work here, and must not reserve memory that JAX needs)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # Devices were already initialised by an earlier import.
+        pass
+    return tf
+
+
+def _tfds():
+    tensorflow()
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    return tfds
 
 
 def _tfds_source(
     builder, *, mean, std, image_size, native_size, train, evl, augment, hint, imagenet_eval=False
 ):
     """A source over a TFDS builder (prepared, or mocked by tfds.testing.mock_data)."""
+
+    tfds = _tfds()
 
     def read(split, process_index, process_count, drop_remainder):
         sub = tfds.split_for_jax_process(
@@ -111,10 +140,18 @@ def _local_source(data: local.LocalData, *, mean, std, eval_split, native_size, 
         start = process_index * base + min(process_index, extra)
         stop = start + base + (process_index < extra)
         images, labels = part.images[start:stop], part.labels[start:stop]
+        tf = tensorflow()
         if part.encoded:  # A list, not a fixed-width numpy bytes array (it pads with NULs).
             images = tf.constant(images.tolist(), dtype=tf.string, shape=[len(images)])
         ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
         return ds, stop - start, part.encoded
+
+    def arrays(split):
+        if split not in data.splits:
+            raise ValueError(f"No split {split!r}; available: {sorted(data.splits)}")
+        part = data.splits[split]
+        images = _decode_all(part.images, split) if part.encoded else part.images
+        return images.astype(np.uint8), part.labels.astype(np.int32)
 
     info = DatasetInfo(
         len(data.class_names),
@@ -126,7 +163,62 @@ def _local_source(data: local.LocalData, *, mean, std, eval_split, native_size, 
         "train",
         eval_split,
     )
-    return Source(info, read, "cifar", native_size)
+    return Source(info, read, "cifar", native_size, arrays=arrays)
+
+
+def _decode_all(encoded: np.ndarray, split: str) -> np.ndarray:
+    """Encoded images (JPEG, PNG, ...) -> uint8 (N, H, W, 3), decoded with Pillow.
+
+    # Reference: Pillow's accurate integer DCT, as torchvision's loader (PIL) decodes; TF's
+    # default (INTEGER_FAST) differs by up to a few levels on JPEGs.
+    """
+    from PIL import Image  # noqa: PLC0415
+
+    def decode(data):
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+
+    images = [decode(data) for data in encoded]
+    shapes = sorted({image.shape for image in images})
+    if len(shapes) > 1:
+        raise ValueError(
+            f"The {split} images have different sizes {shapes[:4]}; device-resident data needs "
+            "one size (set dataset.device_resident=False to stream and resize them)."
+        )
+    return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def load_arrays(
+    name: str, split: str, data_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loads a whole split into host memory, for device-resident training (`DeviceData`).
+
+    Args:
+      name: dataset name (fixed-size images: cifar10, cifar100, tiny_imagenet, ...).
+      split: a split name, or "train" / "eval" for the dataset's train / eval split.
+      data_dir: TFDS data dir, or the folder holding the local archive; None for the default.
+
+    Returns:
+      (uint8 images (N, H, W, 3), int32 labels (N,)), all examples, in stored order. Local
+      sources are read without TensorFlow.
+    """
+    source = get_source(name, data_dir)
+    split = {"eval": source.info.eval_split}.get(split, split)
+    if source.imagenet_eval:
+        raise ValueError(f"{name} has variable-size images; load_arrays needs a fixed size")
+    if source.arrays is not None:
+        return source.arrays(split)
+    tf, tfds = tensorflow(), _tfds()
+    ds, _, encoded = source.read(split, 0, 1, False)
+    if encoded:
+        decode = lambda x: tf.io.decode_image(x, channels=3, expand_animations=False)  # noqa: E731
+        ds = ds.map(lambda ex: {"image": decode(ex["image"]), "label": ex["label"]})
+    images, labels = [], []
+    # Raises (tf InvalidArgumentError) if the images differ in size.
+    for batch in tfds.as_numpy(ds.batch(4096)):
+        images.append(batch["image"])
+        labels.append(batch["label"])
+    return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32)
 
 
 def _tfds_hint(name: str, data_dir) -> str:
@@ -141,7 +233,8 @@ def _tfds_hint(name: str, data_dir) -> str:
 
 
 def _tiny_imagenet_builder(data_dir):
-    from luminet_jax.data.builders import tiny_imagenet
+    _tfds()  # tensorflow first: the accelerators hidden from it
+    from luminet_jax.data.builders import tiny_imagenet  # noqa: PLC0415
 
     builder = tiny_imagenet.TinyImagenet(data_dir=data_dir)
     if not builder.is_prepared():
@@ -154,7 +247,7 @@ def _tiny_imagenet_builder(data_dir):
                 f"{where}.{tiny_imagenet.MANUAL_DOWNLOAD_INSTRUCTIONS}"
             )
         builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(found))
+            download_config=_tfds().download.DownloadConfig(manual_dir=os.fspath(found))
         )
     return builder
 
@@ -163,29 +256,29 @@ def get_source(name: str, data_dir=None) -> Source:
     """Resolves a dataset name to a `Source` (raises ValueError listing known names)."""
     cifar = dict(image_size=32, native_size=32, train="train", evl="test", augment="cifar")
     if name == "cifar10":
-        builder = tfds.builder("cifar10", data_dir=data_dir)
+        builder = _tfds().builder("cifar10", data_dir=data_dir)
         return _tfds_source(
             builder,
-            mean=augment_lib.CIFAR10_MEAN,
-            std=augment_lib.CIFAR10_STD,
+            mean=stats.CIFAR10_MEAN,
+            std=stats.CIFAR10_STD,
             hint=_tfds_hint(name, data_dir),
             **cifar,
         )
     if name == "cifar100":
-        builder = tfds.builder("cifar100", data_dir=data_dir)
+        builder = _tfds().builder("cifar100", data_dir=data_dir)
         return _tfds_source(
             builder,
-            mean=augment_lib.CIFAR100_MEAN,
-            std=augment_lib.CIFAR100_STD,
+            mean=stats.CIFAR100_MEAN,
+            std=stats.CIFAR100_STD,
             hint=_tfds_hint(name, data_dir),
             **cifar,
         )
     if name == "imagenet2012":
-        builder = tfds.builder("imagenet2012", data_dir=data_dir)
+        builder = _tfds().builder("imagenet2012", data_dir=data_dir)
         return _tfds_source(
             builder,
-            mean=augment_lib.IMAGENET_MEAN,
-            std=augment_lib.IMAGENET_STD,
+            mean=stats.IMAGENET_MEAN,
+            std=stats.IMAGENET_STD,
             image_size=224,
             native_size=None,
             train="train",
@@ -197,8 +290,8 @@ def get_source(name: str, data_dir=None) -> Source:
     if name == "tiny_imagenet":
         return _tfds_source(
             _tiny_imagenet_builder(data_dir),
-            mean=augment_lib.TINY_IMAGENET_MEAN,
-            std=augment_lib.TINY_IMAGENET_STD,
+            mean=stats.TINY_IMAGENET_MEAN,
+            std=stats.TINY_IMAGENET_STD,
             image_size=64,
             native_size=64,
             train="train",
@@ -217,8 +310,8 @@ def get_source(name: str, data_dir=None) -> Source:
             )
         return _local_source(
             local.cifar100_python(os.fspath(path)),
-            mean=augment_lib.CIFAR100_MEAN,
-            std=augment_lib.CIFAR100_STD,
+            mean=stats.CIFAR100_MEAN,
+            std=stats.CIFAR100_STD,
             eval_split="test",
             native_size=32,
         )
@@ -233,8 +326,8 @@ def get_source(name: str, data_dir=None) -> Source:
             )
         return _local_source(
             local.image_folder(os.fspath(path)),
-            mean=augment_lib.CIFAR10_MEAN,
-            std=augment_lib.CIFAR10_STD,
+            mean=stats.CIFAR10_MEAN,
+            std=stats.CIFAR10_STD,
             eval_split="test",
             native_size=32,
         )
@@ -245,8 +338,8 @@ def get_source(name: str, data_dir=None) -> Source:
         # Images of other sizes than the first one are resized to it (or to image_size).
         return _local_source(
             data,
-            mean=augment_lib.IMAGENET_MEAN,
-            std=augment_lib.IMAGENET_STD,
+            mean=stats.IMAGENET_MEAN,
+            std=stats.IMAGENET_STD,
             eval_split=local.eval_split_name(data),
             native_size=None,
             image_size=min(height, width),
