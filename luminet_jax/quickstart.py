@@ -58,6 +58,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_logs()
     quickstart = cli.load_config_module("quickstart")
+    cache_dir = launch.enable_compilation_cache()  # $LUMINET_COMPILE_CACHE or ~/.cache/...
     from luminet_jax import train  # noqa: PLC0415  (imports orbax: after quiet_logs)
 
     workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="luminet_quickstart_")
@@ -68,7 +69,8 @@ def main(argv):
         return train.train_and_evaluate(config, run_dir)
 
     teacher_dir = os.path.join(workdir, "teacher")
-    logging.info("Quickstart in %s: training the teacher (%s).", workdir, quickstart.TEACHER)
+    logging.info("Quickstart in %s (compilation cache: %s).", workdir, cache_dir or "off")
+    logging.info("Quickstart: training the teacher (%s).", quickstart.TEACHER)
     summary = train_one(quickstart.get_config(_arg("teacher")), teacher_dir)
     rows = [(quickstart.TEACHER, "teacher (vanilla)", summary)]
     for method in _METHODS.value:
