@@ -147,7 +147,7 @@ def build(config: ml_collections.ConfigDict, *, mesh: Any, seeds: list[int]) -> 
     from luminet_jax.data import sources  # noqa: PLC0415
 
     distiller = distillers.get_distiller(**config.distiller)
-    uses_teacher = bool(getattr(distiller, "uses_teacher", True))
+    uses_teacher = distiller.uses_teacher
     ds = config.dataset
     info = sources.get_source(ds.name, ds.data_dir or None).info
     num_classes = info.num_classes
@@ -194,7 +194,7 @@ def build(config: ml_collections.ConfigDict, *, mesh: Any, seeds: list[int]) -> 
         return state_lib.create_train_state(variables, tx, extra)
 
     prepare_state = None
-    if hasattr(distiller, "data_state"):  # e.g. CRD's sampler: the labels of every sample
+    if distiller.uses_train_labels:  # e.g. CRD's sampler: the labels of every sample
         train_labels = data.train_labels()
 
         def prepare_state(state):

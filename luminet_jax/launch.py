@@ -194,7 +194,7 @@ def preflight(config, *, config_name: str = "", prog: str = "luminet-train") -> 
 
     tasks.check_names(config)  # the task's model names (classifiers, or detectors)
     distiller = distillers.get_distiller(**config.distiller)
-    if not getattr(distiller, "uses_teacher", True):
+    if not distiller.uses_teacher:
         return
     paths = [p.strip() for p in config.teacher.checkpoint.split(",") if p.strip()]
     hint = teacher_hint(config, config_name=config_name, prog=prog)

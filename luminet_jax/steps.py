@@ -81,9 +81,8 @@ def make_train_step(
     """
     if steps_per_epoch <= 0:
         raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
-    uses_teacher = bool(getattr(distiller, "uses_teacher", True)) and teacher is not None
-    uses_feats = bool(getattr(distiller, "uses_feats", False))
-    teacher_train = bool(getattr(distiller, "teacher_train", False))
+    uses_teacher = distiller.uses_teacher and teacher is not None
+    uses_feats, teacher_train = distiller.uses_feats, distiller.teacher_train
 
     def teacher_forward(teacher_variables, images):
         if teacher_train:  # Batch statistics (OFD); the running statistics are not kept.
@@ -119,21 +118,20 @@ def make_train_step(
                 variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
             )
             s_logits = _loss_dtype(s_logits)
-            extra_kwargs = {}
-            if uses_feats or with_extra or state.extra_state:
-                extra_kwargs = dict(
-                    s_feats=s_feats if uses_feats else None,
-                    t_feats=t_feats,
-                    index=batch.get("index"),
-                    extra={"params": extra_params, "state": state.extra_state},
-                    rng=distiller_rng,
-                )
             out = distiller(
-                s_logits, t_logits, labels, epoch=epoch, axis_name=axis_name, **extra_kwargs
+                s_logits,
+                t_logits,
+                labels,
+                epoch=epoch,
+                axis_name=axis_name,
+                s_feats=s_feats if uses_feats else None,
+                t_feats=t_feats,
+                index=batch.get("index"),
+                extra={"params": extra_params, "state": state.extra_state},
+                rng=distiller_rng,
             )
             total = _pmean(out.total, axis_name)  # the global-batch loss (see module doc)
-            new_state_out = getattr(out, "state", None)  # None (or absent): unchanged
-            new_extra_state = state.extra_state if new_state_out is None else new_state_out
+            new_extra_state = state.extra_state if out.state is None else out.state
             aux = (out.parts, s_logits, mutated.get("batch_stats", {}), new_extra_state)
             return total, aux
 

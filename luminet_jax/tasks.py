@@ -87,7 +87,7 @@ def _check_classifiers(config: Any) -> None:
 
     distiller = distillers.get_distiller(**config.distiller)
     models.canonical_name(config.student.name)
-    if getattr(distiller, "uses_teacher", True):
+    if distiller.uses_teacher:
         for name in filter(None, config.teacher.name.split(",")):
             models.canonical_name(name.strip())
 
@@ -97,9 +97,7 @@ def _check_detectors(config: Any) -> None:
     from luminet_jax.detection import rcnn  # noqa: PLC0415
 
     distiller = distillers.get_distiller(**config.distiller)
-    for name in [config.student.name] + (
-        [config.teacher.name] if getattr(distiller, "uses_teacher", True) else []
-    ):
+    for name in [config.student.name] + ([config.teacher.name] if distiller.uses_teacher else []):
         if name not in rcnn.DETECTORS:
             raise KeyError(f"Unknown detector {name!r}; known: {sorted(rcnn.DETECTORS)}")
 

@@ -28,12 +28,10 @@ def _pmean(x, axis_name):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ToyConnector:
+class ToyConnector(base.Distiller):
     """CE + weight * mse(pooled_s @ W, pooled_t); state: EMA of the teacher's pooled mean."""
 
-    uses_teacher = True
     uses_feats = True
-    teacher_train = False
     weight: float = 2.0
 
     def init(self, rng, s_feats, t_feats, *, teacher_variables=None, num_train=None, teacher=None):
@@ -43,9 +41,10 @@ class ToyConnector:
         ema = jnp.zeros((ct,), t_feats["pooled"].dtype)
         return {"params": {"w": w}, "state": {"ema": ema, "calls": jnp.zeros((), jnp.int32)}}
 
-    def __call__(self, s_logits, t_logits, labels, *, epoch, axis_name=None, **kw):
-        s_feats, t_feats, extra = kw["s_feats"], kw["t_feats"], kw["extra"]
-        assert kw["rng"] is not None
+    def loss(self, x):
+        s_logits, labels, axis_name = x.s_logits, x.labels, x.axis_name
+        s_feats, t_feats, extra = x.s_feats, x.t_feats, x.extra
+        assert x.rng is not None
         pred = s_feats["pooled"] @ extra["params"]["w"]
         mse = _pmean(jnp.mean((pred - t_feats["pooled"]) ** 2), axis_name)
         ce = _pmean(
@@ -123,11 +122,9 @@ def test_teacher_features_carry_no_gradient():
 
     @dataclasses.dataclass(frozen=True)
     class Probe(ToyConnector):
-        def __call__(self, s_logits, t_logits, labels, *, epoch, axis_name=None, **kw):
-            seen["t_feats"] = kw["t_feats"]
-            return super().__call__(
-                s_logits, t_logits, labels, epoch=epoch, axis_name=axis_name, **kw
-            )
+        def loss(self, x):
+            seen["t_feats"] = x.t_feats
+            return super().loss(x)
 
     step = steps.make_train_step(TinyCNN(), TinyCNN(), Probe(), tx, steps_per_epoch=SPE)
     jax.make_jaxpr(step)(s0, t_vars, batch)
@@ -150,9 +147,9 @@ def test_teacher_batch_norm_mode_follows_teacher_train(teacher_train):
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class Probe(ToyConnector):
-        def __call__(self, s_logits, t_logits, labels, *, epoch, axis_name=None, **kw):
-            seen["t_feats"] = kw["t_feats"]
-            return super().__call__(s_logits, t_logits, labels, epoch=epoch, **kw)
+        def loss(self, x):
+            seen["t_feats"] = x.t_feats
+            return super().loss(x)
 
     distiller = Probe()
     object.__setattr__(distiller, "teacher_train", teacher_train)

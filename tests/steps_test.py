@@ -15,6 +15,7 @@ import pytest
 from jax import lax
 
 from luminet_jax import optim, sharding, state, steps
+from luminet_jax.distillers import base
 
 NUM_CLASSES = 5
 GLOBAL_BATCH = 16
@@ -51,16 +52,18 @@ def _ce(logits, labels):
 
 
 @dataclasses.dataclass(frozen=True)
-class LumiNetDouble:
+class LumiNetDouble(base.Distiller):
     """LumiNet per DESIGN.md §1, returning PER-SHARD means (the step must pmean them)."""
 
     ce_weight: float = 2.0
     alpha: float = 3.0
     temperature: float = 4.0
     warmup_epochs: int = 2
-    uses_teacher: bool = True
 
-    def __call__(self, s_logits, t_logits, labels, *, epoch, axis_name=None):
+    def loss(self, x):
+        return self.double(x.s_logits, x.t_logits, x.labels, epoch=x.epoch, axis_name=x.axis_name)
+
+    def double(self, s_logits, t_logits, labels, *, epoch, axis_name=None):
         def perceive(z):
             u = _mean(z, axis_name)
             v = _mean((z - u) ** 2, axis_name)
@@ -72,24 +75,20 @@ class LumiNetDouble:
         ce = jnp.mean(_ce(s_logits, labels))
         kd = self.alpha**2 * kl
         ramp = jnp.minimum(epoch / self.warmup_epochs, 1.0)
-        return _LossOutput(self.ce_weight * ce + ramp * kd, {"loss_ce": ce, "loss_kd": kd})
+        return base.LossOutput(self.ce_weight * ce + ramp * kd, {"loss_ce": ce, "loss_kd": kd})
 
 
 @dataclasses.dataclass(frozen=True)
-class VanillaDouble:
-    uses_teacher: bool = False
+class VanillaDouble(base.Distiller):
+    uses_teacher = False
 
-    def __call__(self, s_logits, t_logits, labels, *, epoch, axis_name=None):
+    def loss(self, x):
+        return self.double(x.s_logits, x.t_logits, x.labels, epoch=x.epoch, axis_name=x.axis_name)
+
+    def double(self, s_logits, t_logits, labels, *, epoch, axis_name=None):
         assert t_logits is None
         ce = _mean(_ce(s_logits, labels), axis_name)
-        return _LossOutput(ce, {"loss_ce": ce})
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class _LossOutput:
-    total: jax.Array
-    parts: dict
+        return base.LossOutput(ce, {"loss_ce": ce})
 
 
 def _real_distiller(name, **hparams):

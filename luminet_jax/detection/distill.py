@@ -118,7 +118,7 @@ def make_train_step(
     (vanilla) gives the plain detection step. `teacher_input` (`pixel_converter`'s) maps the
     batch images to the teacher's normalization.
     """
-    if not getattr(distiller, "uses_teacher", True):
+    if not distiller.uses_teacher:
         return steps.make_train_step(model, tx, axis_name=axis_name, lr_fn=lr_fn, seed=seed)
     if teacher is None:
         raise ValueError(f"{type(distiller).__name__} distills from a teacher; none was given.")

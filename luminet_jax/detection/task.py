@@ -131,8 +131,8 @@ def build(config: Any, *, mesh: Any, seeds: list[int]) -> tasks.Task:
             "detection; run one job per seed (--config.seed=K)."
         )
     distiller = distillers.get_distiller(**config.distiller)
-    uses_teacher = bool(getattr(distiller, "uses_teacher", True))
-    if getattr(distiller, "uses_feats", False) or hasattr(distiller, "data_state"):
+    uses_teacher = distiller.uses_teacher
+    if distiller.uses_feats or distiller.uses_train_labels:
         raise ValueError(
             f"distiller {config.distiller.name!r} is not supported for detection: only logit "
             "distillers (on the RoI head's class logits) are."

@@ -160,7 +160,7 @@ def _gather(x: jax.Array, axis_name: str) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class CRD:
+class CRD(base.Distiller):
     """loss = ce_weight * CE + feat_weight * (NCE(out_s) + NCE(out_t)) [+ kd_weight * KD].
 
     Learnable params: {"embed_s", "embed_t"} (each {"kernel", "bias"}: pooled dims x
@@ -182,9 +182,8 @@ class CRD:
     `-r 1 -a 1 -b 0.8`), reported as the extra part "loss_logit_kd".
     """
 
-    uses_teacher: ClassVar[bool] = True
     uses_feats: ClassVar[bool] = True
-    teacher_train: ClassVar[bool] = False
+    uses_train_labels: ClassVar[bool] = True
 
     ce_weight: float = 1.0
     feat_weight: float = 0.8
@@ -205,7 +204,7 @@ class CRD:
         if self.mode not in MODES:
             raise ValueError(f"{owner}: mode must be one of {MODES}; got {self.mode!r}.")
 
-    def init(self, rng, s_feats, t_feats, *, num_train=None, **unused) -> dict[str, Any]:
+    def init(self, rng, s_feats, t_feats, *, num_train=None, **kwargs) -> dict[str, Any]:
         """Embeddings from the pooled widths; memories of `num_train` rows; Z unset."""
         if num_train is None or t_feats is None:
             raise ValueError("CRD.init needs the teacher's feats and num_train.")
@@ -230,43 +229,25 @@ class CRD:
             )
         return {**state, **sample_label_state(labels)}
 
-    def __call__(
-        self,
-        s_logits: jax.Array,
-        t_logits: jax.Array,
-        labels: jax.Array,
-        *,
-        epoch: jax.Array | int,
-        axis_name: str | None = None,
-        s_feats: dict[str, jax.Array] | None = None,
-        t_feats: dict[str, jax.Array] | None = None,
-        index: jax.Array | None = None,
-        extra: dict[str, Any] | None = None,
-        rng: jax.Array | None = None,
-        **unused: Any,  # mask: CRD's classification batches have no padded rows
-    ) -> base.LossOutput:
-        del epoch  # no warmup
-        missing = [
-            name
-            for name, value in dict(s_feats=s_feats, t_feats=t_feats, index=index, extra=extra,
-                                    rng=rng).items()
-            if value is None
-        ]  # fmt: skip
+    def loss(self, x: base.Inputs) -> base.LossOutput:
+        labels, index, axis_name = x.labels, x.index, x.axis_name
+        named = dict(s_feats=x.s_feats, t_feats=x.t_feats, index=index, extra=x.extra, rng=x.rng)
+        missing = [name for name, value in named.items() if value is None]
         if missing:
             raise ValueError(f"CRD needs {missing} (training batches must carry 'index').")
-        state = extra["state"]
+        state = x.extra["state"]
         if "order" not in state:
             raise ValueError("CRD's state has no training labels: call distiller.data_state.")
-        s_logits, t_logits = common.distiller_inputs(s_logits, t_logits, labels)
-        params = extra["params"]
-        v_s = embed(params["embed_s"], s_feats["pooled"])
-        v_t = embed(params["embed_t"], lax.stop_gradient(t_feats["pooled"]))
+        s_logits, t_logits = common.distiller_inputs(x.s_logits, x.t_logits, labels)
+        params = x.extra["params"]
+        v_s = embed(params["embed_s"], x.s_feats["pooled"])
+        v_t = embed(params["embed_t"], lax.stop_gradient(x.t_feats["pooled"]))
         memory_s, memory_t = state["memory_s"], state["memory_t"]
         num_data = memory_s.shape[0]
 
         offset = 0 if axis_name is None else lax.axis_index(axis_name) * index.shape[0]
         contrast_idx = crd_contrast_index(
-            rng, index, labels, state["order"], state["sorted_labels"],
+            x.rng, index, labels, state["order"], state["sorted_labels"],
             num_negatives=self.num_negatives, mode=self.mode, replace=self.replace,
             row_offset=offset,
         )  # fmt: skip

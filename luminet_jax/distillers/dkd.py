@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -85,10 +84,8 @@ def dkd_loss(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DKD(base.LogitDistiller):
+class DKD(base.Distiller):
     """loss = ce_weight * CE + min(epoch / warmup_epochs, 1) * dkd_loss."""
-
-    uses_teacher: ClassVar[bool] = True
 
     ce_weight: float = 1.0
     alpha: float = 1.0
@@ -105,18 +102,9 @@ class DKD(base.LogitDistiller):
         """Hook for pre-steps on both logits (identity here; standardisation in DKD-LS)."""
         return logits
 
-    def __call__(
-        self,
-        s_logits: jax.Array,
-        t_logits: jax.Array,
-        labels: jax.Array,
-        *,
-        epoch: jax.Array | int,
-        axis_name: str | None = None,
-        mask: jax.Array | None = None,
-        **unused: Any,  # the contract's feature/state keywords (base.Distiller)
-    ) -> base.LossOutput:
-        s_logits, t_logits = common.distiller_inputs(s_logits, t_logits, labels)
+    def loss(self, x: base.Inputs) -> base.LossOutput:
+        labels, axis_name, mask = x.labels, x.axis_name, x.mask
+        s_logits, t_logits = common.distiller_inputs(x.s_logits, x.t_logits, labels)
         ce = self.ce_weight * common.softmax_xent(s_logits, labels, axis_name=axis_name, mask=mask)
         kd = dkd_loss(
             self._prepare(s_logits),
@@ -128,5 +116,5 @@ class DKD(base.LogitDistiller):
             axis_name=axis_name,
             mask=mask,
         )
-        kd = common.warmup_ramp(epoch, self.warmup_epochs, kd.dtype) * kd
+        kd = common.warmup_ramp(x.epoch, self.warmup_epochs, kd.dtype) * kd
         return base.LossOutput(total=ce + kd, parts={"loss_ce": ce, "loss_kd": kd})

@@ -94,7 +94,7 @@ COHORT_LOGITS = "cohort_logits"  # models.cohort.COHORT_LOGITS (distillers impor
 # (each against its peers' fresh predictions); here all take one joint step from the same
 # predictions (one optimizer over the cohort), as the common PyTorch implementations do.
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DML(base.LogitDistiller):
+class DML(base.Distiller):
     """`dml_loss` over the cohort's members; the teacher is unused.
 
     Reads s_feats["cohort_logits"] (N, B, C) from a cohort student
@@ -121,26 +121,15 @@ class DML(base.LogitDistiller):
             )
         return {}
 
-    def __call__(
-        self,
-        s_logits: jax.Array,
-        t_logits: jax.Array | None,
-        labels: jax.Array,
-        *,
-        epoch: jax.Array | int,
-        axis_name: str | None = None,
-        s_feats: dict[str, jax.Array] | None = None,
-        **unused: Any,  # the contract's other keywords (base.Distiller)
-    ) -> base.LossOutput:
-        del s_logits, t_logits, epoch  # member 0's logits are in the cohort's; no warmup.
-        if s_feats is None or COHORT_LOGITS not in s_feats:
+    def loss(self, x: base.Inputs) -> base.LossOutput:
+        if x.s_feats is None or COHORT_LOGITS not in x.s_feats:
             raise KeyError(f"DML needs s_feats[{COHORT_LOGITS!r}] from a cohort student.")
-        cohort = s_feats[COHORT_LOGITS]
+        cohort = x.s_feats[COHORT_LOGITS]
         return dml_loss(
             [cohort[i] for i in range(cohort.shape[0])],
-            labels,
+            x.labels,
             ce_weight=self.ce_weight,
             kd_weight=self.kd_weight,
             temperature=self.temperature,
-            axis_name=axis_name,
+            axis_name=x.axis_name,
         )

@@ -22,12 +22,10 @@ from luminet_jax.distillers import base, common, feature_losses
 _STAGE = re.compile(r"^stage(\d+)$")
 
 
-class FeatureDistiller:
-    """Mixin: the contract's attributes for distillers that read both models' features."""
+class FeatureDistiller(base.Distiller):
+    """A distiller that reads both models' features (`init` checks they hold its keys)."""
 
-    uses_teacher: ClassVar[bool] = True
     uses_feats: ClassVar[bool] = True
-    teacher_train: ClassVar[bool] = False
 
     def init(self, rng, s_feats, t_feats, **kwargs) -> dict[str, Any]:
         """Checks that the features hold what the method reads; {} (nothing learnable)."""
@@ -58,25 +56,13 @@ class StageDistiller(FeatureDistiller):
         if len(s) != len(t):
             raise ValueError(f"{owner} pairs stages one to one; student has {s}, teacher {t}.")
 
-    def __call__(
-        self,
-        s_logits: jax.Array,
-        t_logits: jax.Array | None,
-        labels: jax.Array,
-        *,
-        epoch: jax.Array | int,
-        axis_name: str | None = None,
-        s_feats: dict[str, jax.Array] | None = None,
-        t_feats: dict[str, jax.Array] | None = None,
-        **unused: Any,  # index, extra, rng, mask (base.Distiller)
-    ) -> base.LossOutput:
-        del t_logits, epoch
+    def loss(self, x: base.Inputs) -> base.LossOutput:
         owner = type(self).__name__
-        self.check_feats(s_feats, t_feats)
-        f_s = student_side(stage_list(s_feats, owner=owner, role="student"))
-        f_t = teacher_side(stage_list(t_feats, owner=owner, role="teacher"))
-        kd = self.feat_weight * global_mean(self.stage_loss(f_s, f_t), axis_name)
-        return output(s_logits, labels, kd, ce_weight=self.ce_weight, axis_name=axis_name)
+        self.check_feats(x.s_feats, x.t_feats)
+        f_s = student_side(stage_list(x.s_feats, owner=owner, role="student"))
+        f_t = teacher_side(stage_list(x.t_feats, owner=owner, role="teacher"))
+        kd = self.feat_weight * global_mean(self.stage_loss(f_s, f_t), x.axis_name)
+        return output(x.s_logits, x.labels, kd, ce_weight=self.ce_weight, axis_name=x.axis_name)
 
 
 class RelationalDistiller(FeatureDistiller):
@@ -99,23 +85,11 @@ class RelationalDistiller(FeatureDistiller):
         self.embeddings(s_feats, "student")
         self.embeddings(t_feats, "teacher")
 
-    def __call__(
-        self,
-        s_logits: jax.Array,
-        t_logits: jax.Array | None,
-        labels: jax.Array,
-        *,
-        epoch: jax.Array | int,
-        axis_name: str | None = None,
-        s_feats: dict[str, jax.Array] | None = None,
-        t_feats: dict[str, jax.Array] | None = None,
-        **unused: Any,  # index, extra, rng, mask (base.Distiller)
-    ) -> base.LossOutput:
-        del t_logits, epoch
-        s = student_side(self.embeddings(s_feats, "student"))
-        t = teacher_side(self.embeddings(t_feats, "teacher"))
-        kd = self.feat_weight * self.relation_loss(s, t, axis_name)
-        return output(s_logits, labels, kd, ce_weight=self.ce_weight, axis_name=axis_name)
+    def loss(self, x: base.Inputs) -> base.LossOutput:
+        s = student_side(self.embeddings(x.s_feats, "student"))
+        t = teacher_side(self.embeddings(x.t_feats, "teacher"))
+        kd = self.feat_weight * self.relation_loss(s, t, x.axis_name)
+        return output(x.s_logits, x.labels, kd, ce_weight=self.ce_weight, axis_name=x.axis_name)
 
 
 def feature(feats: dict[str, jax.Array] | None, key: str, *, owner: str, role: str) -> jax.Array:

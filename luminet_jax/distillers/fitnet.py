@@ -138,27 +138,19 @@ class FitNet(fb.FeatureDistiller):
             )
         return fb.init_module(module, rng, f_s)
 
-    def __call__(
-        self,
-        s_logits: jax.Array,
-        t_logits: jax.Array | None,
-        labels: jax.Array,
-        *,
-        epoch: jax.Array | int,
-        axis_name: str | None = None,
-        s_feats: dict[str, jax.Array] | None = None,
-        t_feats: dict[str, jax.Array] | None = None,
-        extra: dict[str, Any] | None = None,
-        **unused: Any,  # index, rng, mask (base.Distiller)
-    ) -> fb.base.LossOutput:
-        del t_logits, epoch
-        params, state = fb.extra_of(extra, "FitNet")
-        f_s = fb.student_side(self._hint(s_feats, "student"))
-        f_t = fb.teacher_side(self._hint(t_feats, "teacher"))
-        module = self._conv_reg(f_s.shape, f_t.shape, axis_name, fb.param_dtype(f_s))
+    def loss(self, x: fb.base.Inputs) -> fb.base.LossOutput:
+        params, state = fb.extra_of(x.extra, "FitNet")
+        f_s = fb.student_side(self._hint(x.s_feats, "student"))
+        f_t = fb.teacher_side(self._hint(x.t_feats, "teacher"))
+        module = self._conv_reg(f_s.shape, f_t.shape, x.axis_name, fb.param_dtype(f_s))
         reg, new_state = fb.run_train_mode(module, params, state, f_s)
-        mse = fb.global_mean(jnp.mean(jnp.square(reg - f_t)), axis_name)
+        mse = fb.global_mean(jnp.mean(jnp.square(reg - f_t)), x.axis_name)
         kd = self.feat_weight * mse
         return fb.output(
-            s_logits, labels, kd, ce_weight=self.ce_weight, axis_name=axis_name, state=new_state
+            x.s_logits,
+            x.labels,
+            kd,
+            ce_weight=self.ce_weight,
+            axis_name=x.axis_name,
+            state=new_state,
         )

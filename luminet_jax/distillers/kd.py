@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
 
 import jax
 
@@ -38,10 +37,8 @@ def kd_loss(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class KD(base.LogitDistiller):
+class KD(base.Distiller):
     """loss = ce_weight * CE + kd_weight * kd_loss (no warmup, as in mdistiller)."""
-
-    uses_teacher: ClassVar[bool] = True
 
     ce_weight: float = 0.1
     kd_weight: float = 0.9
@@ -54,19 +51,9 @@ class KD(base.LogitDistiller):
         """Hook for pre-steps on both logits (identity here; standardisation in KD-LS)."""
         return logits
 
-    def __call__(
-        self,
-        s_logits: jax.Array,
-        t_logits: jax.Array,
-        labels: jax.Array,
-        *,
-        epoch: jax.Array | int,
-        axis_name: str | None = None,
-        mask: jax.Array | None = None,
-        **unused: Any,  # the contract's feature/state keywords (base.Distiller)
-    ) -> base.LossOutput:
-        del epoch  # KD has no warmup.
-        s_logits, t_logits = common.distiller_inputs(s_logits, t_logits, labels)
+    def loss(self, x: base.Inputs) -> base.LossOutput:
+        labels, axis_name, mask = x.labels, x.axis_name, x.mask
+        s_logits, t_logits = common.distiller_inputs(x.s_logits, x.t_logits, labels)
         ce = self.ce_weight * common.softmax_xent(s_logits, labels, axis_name=axis_name, mask=mask)
         kd = self.kd_weight * kd_loss(
             self._prepare(s_logits),

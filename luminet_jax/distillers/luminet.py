@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -154,10 +153,8 @@ def luminet_kl(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LumiNet(base.LogitDistiller):
+class LumiNet(base.Distiller):
     """loss = ce_weight * CE + min(epoch / warmup_epochs, 1) * alpha**2 * KL_lumi."""
-
-    uses_teacher: ClassVar[bool] = True
 
     ce_weight: float = 2.0
     alpha: float = 31.0
@@ -177,19 +174,10 @@ class LumiNet(base.LogitDistiller):
                 f"luminet: stats_groups must be an int >= 1; got {self.stats_groups!r}"
             )
 
-    def __call__(
-        self,
-        s_logits: jax.Array,
-        t_logits: jax.Array,
-        labels: jax.Array,
-        *,
-        epoch: jax.Array | int,
-        axis_name: str | None = None,
-        mask: jax.Array | None = None,
-        **unused: Any,  # the contract's feature/state keywords (base.Distiller)
-    ) -> base.LossOutput:
-        s_logits, t_logits = common.distiller_inputs(s_logits, t_logits, labels)
-        ce = common.softmax_xent(s_logits, labels, axis_name=axis_name, mask=mask)
+    def loss(self, x: base.Inputs) -> base.LossOutput:
+        s_logits, t_logits = common.distiller_inputs(x.s_logits, x.t_logits, x.labels)
+        axis_name, mask = x.axis_name, x.mask
+        ce = common.softmax_xent(s_logits, x.labels, axis_name=axis_name, mask=mask)
         # alpha is squared, as in LumiNet's released code (alpha=33 -> weight 1089).
         kd = self.alpha**2 * luminet_kl(
             s_logits,
@@ -200,7 +188,7 @@ class LumiNet(base.LogitDistiller):
             stats_groups=self.stats_groups,
             mask=mask,
         )
-        kd = common.warmup_ramp(epoch, self.warmup_epochs, kd.dtype) * kd
+        kd = common.warmup_ramp(x.epoch, self.warmup_epochs, kd.dtype) * kd
         return base.LossOutput(
             total=self.ce_weight * ce + kd, parts={"loss_ce": self.ce_weight * ce, "loss_kd": kd}
         )

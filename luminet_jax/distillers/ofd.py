@@ -105,24 +105,11 @@ class OFD(fb.FeatureDistiller):
         state = {"connectors": variables["state"], "margins": margins}
         return {"params": variables["params"], "state": state}
 
-    def __call__(
-        self,
-        s_logits: jax.Array,
-        t_logits: jax.Array | None,
-        labels: jax.Array,
-        *,
-        epoch: jax.Array | int,
-        axis_name: str | None = None,
-        s_feats: dict[str, jax.Array] | None = None,
-        t_feats: dict[str, jax.Array] | None = None,
-        extra: dict[str, Any] | None = None,
-        **unused: Any,  # index, rng, mask (base.Distiller)
-    ) -> fb.base.LossOutput:
-        del t_logits, epoch
-        params, state = fb.extra_of(extra, "OFD")
-        f_s, f_t = self._pairs(s_feats, t_feats)
+    def loss(self, x: fb.base.Inputs) -> fb.base.LossOutput:
+        params, state = fb.extra_of(x.extra, "OFD")
+        f_s, f_t = self._pairs(x.s_feats, x.t_feats)
         f_s, f_t = fb.student_side(f_s), fb.teacher_side(f_t)
-        module = self._module(f_t, axis_name, fb.param_dtype(f_s[0]))
+        module = self._module(f_t, x.axis_name, fb.param_dtype(f_s[0]))
         outs, connectors = fb.run_train_mode(module, params, state["connectors"], f_s)
         n = len(outs)
         loss = 0.0
@@ -130,8 +117,13 @@ class OFD(fb.FeatureDistiller):
             loss = loss + feature_losses.ofd_loss(s, t, lax.stop_gradient(margin)) / 2 ** (
                 n - i - 1
             )
-        kd = self.feat_weight * fb.global_mean(loss, axis_name)
+        kd = self.feat_weight * fb.global_mean(loss, x.axis_name)
         new_state = {"connectors": connectors, "margins": state["margins"]}
         return fb.output(
-            s_logits, labels, kd, ce_weight=self.ce_weight, axis_name=axis_name, state=new_state
+            x.s_logits,
+            x.labels,
+            kd,
+            ce_weight=self.ce_weight,
+            axis_name=x.axis_name,
+            state=new_state,
         )

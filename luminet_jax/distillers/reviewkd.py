@@ -182,28 +182,20 @@ class ReviewKD(fb.FeatureDistiller):
                 )
         return fb.init_module(module, rng, xs)
 
-    def __call__(
-        self,
-        s_logits: jax.Array,
-        t_logits: jax.Array | None,
-        labels: jax.Array,
-        *,
-        epoch: jax.Array | int,
-        axis_name: str | None = None,
-        s_feats: dict[str, jax.Array] | None = None,
-        t_feats: dict[str, jax.Array] | None = None,
-        extra: dict[str, Any] | None = None,
-        **unused: Any,  # index, rng, mask (base.Distiller)
-    ) -> fb.base.LossOutput:
-        del t_logits
-        params, state = fb.extra_of(extra, "ReviewKD")
-        xs, t_list = self._inputs(s_feats, t_feats)
+    def loss(self, x: fb.base.Inputs) -> fb.base.LossOutput:
+        params, state = fb.extra_of(x.extra, "ReviewKD")
+        xs, t_list = self._inputs(x.s_feats, x.t_feats)
         xs, t_list = fb.student_side(xs), fb.teacher_side(t_list)
-        module = self._module(axis_name, fb.param_dtype(xs[-1]))
+        module = self._module(x.axis_name, fb.param_dtype(xs[-1]))
         results, new_state = fb.run_train_mode(module, params, state, xs)
-        hcl = fb.global_mean(feature_losses.hcl_loss(results, t_list), axis_name)
-        ramp = common.warmup_ramp(epoch, self.warmup_epochs, hcl.dtype)
+        hcl = fb.global_mean(feature_losses.hcl_loss(results, t_list), x.axis_name)
+        ramp = common.warmup_ramp(x.epoch, self.warmup_epochs, hcl.dtype)
         kd = ramp * self.reviewkd_weight * hcl
         return fb.output(
-            s_logits, labels, kd, ce_weight=self.ce_weight, axis_name=axis_name, state=new_state
+            x.s_logits,
+            x.labels,
+            kd,
+            ce_weight=self.ce_weight,
+            axis_name=x.axis_name,
+            state=new_state,
         )

@@ -92,22 +92,9 @@ class VID(fb.FeatureDistiller):
         module = self._module(f_t, fb.param_dtype(f_s[0]))
         return fb.init_module(module, rng, f_s)
 
-    def __call__(
-        self,
-        s_logits: jax.Array,
-        t_logits: jax.Array | None,
-        labels: jax.Array,
-        *,
-        epoch: jax.Array | int,
-        axis_name: str | None = None,
-        s_feats: dict[str, jax.Array] | None = None,
-        t_feats: dict[str, jax.Array] | None = None,
-        extra: dict[str, Any] | None = None,
-        **unused: Any,  # index, rng, mask (base.Distiller)
-    ) -> fb.base.LossOutput:
-        del t_logits, epoch
-        params, state = fb.extra_of(extra, "VID")
-        f_s, f_t = self._pairs(fb.student_side(s_feats), fb.teacher_side(t_feats))
+    def loss(self, x: fb.base.Inputs) -> fb.base.LossOutput:
+        params, state = fb.extra_of(x.extra, "VID")
+        f_s, f_t = self._pairs(fb.student_side(x.s_feats), fb.teacher_side(x.t_feats))
         (means, log_scales), _ = fb.run_train_mode(
             self._module(f_t, fb.param_dtype(f_s[0])), params, state, f_s
         )
@@ -115,5 +102,5 @@ class VID(fb.FeatureDistiller):
             feature_losses.vid_loss(m, t, ls, eps=self.eps)
             for m, t, ls in zip(means, f_t, log_scales)
         )
-        kd = self.feat_weight * fb.global_mean(loss, axis_name)
-        return fb.output(s_logits, labels, kd, ce_weight=self.ce_weight, axis_name=axis_name)
+        kd = self.feat_weight * fb.global_mean(loss, x.axis_name)
+        return fb.output(x.s_logits, x.labels, kd, ce_weight=self.ce_weight, axis_name=x.axis_name)
