@@ -18,7 +18,7 @@ class TrainState:
       step: int32 scalar, the number of optimizer updates done so far.
       params: the student's "params" collection.
       batch_stats: the student's "batch_stats" collection ({} for models without BatchNorm).
-      opt_state: the optax state of `optimized(state)`: the student's params, or the pair
+      opt_state: the optax state of `trainable(state)`: the student's params, or the pair
         (params, extra_params) when a distiller owns learnable modules (one SGD group, as
         mdistiller optimizes the student and the connectors together).
       extra_params: learnable parameters owned by a distiller ({} for logit methods).
@@ -34,14 +34,21 @@ class TrainState:
     extra_state: Any = None
 
 
-def has_extra(extra_params: Any) -> bool:
-    """Whether a distiller added learnable parameters (decides the optimized tree)."""
-    return bool(jax.tree.leaves(extra_params))
+def _optimized(params: Any, extra_params: Any) -> Any:
+    # The one place that knows the optimizer's layout: a distiller without learnable parts
+    # leaves the plain optimizer state of the student's params.
+    return (params, extra_params) if jax.tree.leaves(extra_params) else params
 
 
-def optimized(params: Any, extra_params: Any) -> Any:
-    """The tree the optimizer updates: params alone, or (params, extra_params)."""
-    return (params, extra_params) if has_extra(extra_params) else params
+def trainable(state: TrainState) -> Any:
+    """The tree the optimizer updates (one SGD group): the student's params and the
+    distiller's learnable parts; `split_trainable` gives both back."""
+    return _optimized(state.params, state.extra_params)
+
+
+def split_trainable(tree: Any, state: TrainState) -> tuple[Any, Any]:
+    """(params, extra_params) of a tree shaped as `trainable(state)`."""
+    return tree if jax.tree.leaves(state.extra_params) else (tree, state.extra_params)
 
 
 def create_train_state(
@@ -66,7 +73,7 @@ def create_train_state(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(optimized(params, extra_params)),
+        opt_state=tx.init(_optimized(params, extra_params)),
         extra_params=extra_params,
         extra_state=extra.get("state") or {},
     )

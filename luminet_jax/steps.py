@@ -37,6 +37,65 @@ def _pmean(x: Any, axis_name: str | None) -> Any:
     return x if axis_name is None else lax.pmean(x, axis_name)
 
 
+# loss_fn(params, extra_params, state, teacher_variables, batch) -> (loss, (metrics, updates)):
+# the global-batch loss of the trainable tree, the task's metrics (global-batch scalars) and
+# the state fields it renews besides the trained ones (e.g. batch_stats, extra_state).
+LossFn = Callable[..., tuple[jax.Array, tuple[Metrics, dict[str, Any]]]]
+
+
+def make_step(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    *,
+    lr_fn: Callable[[jax.Array], jax.Array] | None = None,
+) -> Callable[[state_lib.TrainState, Any, dict[str, jax.Array]], tuple[Any, Metrics]]:
+    """The one train step of every task: `train_step(state, teacher_variables, batch)`.
+
+    Differentiates `loss_fn` with respect to the student's params and the distiller's
+    learnable parts together (`state.trainable`, one optimizer), updates them, renews the
+    fields `loss_fn` returns and counts the step.
+
+    Args:
+      loss_fn: the task's loss (see `LossFn`), written per shard: it returns the global-batch
+        loss (a `pmean` over the data axis under shard_map; see the module docstring).
+      tx: the optimizer.
+      lr_fn: the learning-rate schedule, logged as metric "lr" (omitted when None).
+
+    Returns:
+      A pure function; its metrics are "loss" (on the pre-update parameters), the task's
+      metrics, "grad_norm" and "param_norm" (both on the pre-update parameters, extra
+      params included) and "lr".
+    """
+
+    def train_step(state, teacher_variables, batch):
+        def total(tree):
+            params, extra_params = state_lib.split_trainable(tree, state)
+            return loss_fn(params, extra_params, state, teacher_variables, batch)
+
+        tree = state_lib.trainable(state)
+        (loss, (metrics, renewed)), grads = jax.value_and_grad(total, has_aux=True)(tree)
+        deltas, opt_state = tx.update(grads, state.opt_state, tree)
+        params, extra_params = state_lib.split_trainable(optax.apply_updates(tree, deltas), state)
+        metrics = {
+            "loss": loss,
+            **metrics,
+            "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(tree),
+        }
+        if lr_fn is not None:
+            metrics["lr"] = jnp.asarray(lr_fn(state.step))
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            extra_params=extra_params,
+            opt_state=opt_state,
+            **renewed,
+        )
+        return new_state, metrics
+
+    return train_step
+
+
 def make_train_step(
     student: nn.Module,
     teacher: nn.Module | None,
@@ -48,7 +107,10 @@ def make_train_step(
     lr_fn: Callable[[jax.Array], jax.Array] | None = None,
     dropout_seed: int = 0,
 ) -> Callable[[state_lib.TrainState, Any, dict[str, jax.Array]], tuple[Any, Metrics]]:
-    """Builds `train_step(state, teacher_variables, batch) -> (state, metrics)`.
+    """Builds the classification `train_step(state, teacher_variables, batch)`.
+
+    `make_step` over `distillation_loss`: the student's (and teacher's) forward pass and the
+    distiller's loss, then the generic update.
 
     Args:
       student: the student module; `apply(v, x, train=True, mutable=["batch_stats"])`
@@ -56,14 +118,13 @@ def make_train_step(
         given here so that its BatchNorm statistics are synchronized over the data axis.
       teacher: the teacher module (run with `train=False`), or None when the distiller
         does not use a teacher.
-      distiller: `distiller(s_logits, t_logits, labels, *, epoch, axis_name, ...)` ->
-        `LossOutput` (the contract of `distillers.base.Distiller`). `uses_teacher` False
-        skips the teacher's forward pass; `uses_feats` True passes both models' feats;
-        `teacher_train` True runs the teacher's BatchNorm on batch statistics. A distiller
-        with learnable parts (state.extra_params / extra_state non-empty) also gets
-        `index` (batch["index"] if present), `extra={"params", "state"}` and a per-step
-        `rng`; its extra params are differentiated and updated with the student's, and
-        `LossOutput.state` becomes the new `extra_state`.
+      distiller: a `distillers.base.Distiller`. `uses_teacher` False skips the teacher's
+        forward pass; `uses_feats` True passes both models' feats; `teacher_train` True runs
+        the teacher's BatchNorm on batch statistics. A distiller with learnable parts
+        (state.extra_params / extra_state non-empty) gets `index` (batch["index"] if
+        present), `extra={"params", "state"}` and a per-step `rng`; its extra params are
+        differentiated and updated with the student's, and `LossOutput.state` becomes the
+        new `extra_state`.
       tx: the optimizer.
       steps_per_epoch: optimizer steps per epoch; the 1-based integer epoch passed to
         the distiller is `state.step // steps_per_epoch + 1`, computed on device.
@@ -79,6 +140,27 @@ def make_train_step(
       the distiller's parts ("loss_ce", "loss_kd", ...), "top1", "lr", "grad_norm",
       "param_norm" (both on the pre-update parameters, extra params included).
     """
+    loss_fn = distillation_loss(
+        student,
+        teacher,
+        distiller,
+        steps_per_epoch=steps_per_epoch,
+        axis_name=axis_name,
+        dropout_seed=dropout_seed,
+    )
+    return make_step(loss_fn, tx, lr_fn=lr_fn)
+
+
+def distillation_loss(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    distiller: Any,
+    *,
+    steps_per_epoch: int,
+    axis_name: str | None = None,
+    dropout_seed: int = 0,
+) -> LossFn:
+    """The classification task's `LossFn` (the arguments as `make_train_step`'s)."""
     if steps_per_epoch <= 0:
         raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
     uses_teacher = distiller.uses_teacher and teacher is not None
@@ -94,7 +176,7 @@ def make_train_step(
         logits = lax.stop_gradient(_loss_dtype(logits))
         return logits, (lax.stop_gradient(feats) if uses_feats else None)
 
-    def train_step(state, teacher_variables, batch):
+    def loss_fn(params, extra_params, state, teacher_variables, batch):
         images, labels = batch["image"], batch["label"]
         epoch = state.step // steps_per_epoch + 1  # traced int: no recompiles across epochs
         # A run's seed: `dropout_seed`, or the member's seed when several seeds train in one
@@ -105,67 +187,36 @@ def make_train_step(
         distiller_rng = jax.random.fold_in(jax.random.key(seed + 1), state.step)
         if axis_name is not None:
             rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
-
         t_logits, t_feats = None, None
-        if uses_teacher:
+        if uses_teacher:  # constants of the loss: outside the gradient's reach
             t_logits, t_feats = teacher_forward(teacher_variables, images)
-        with_extra = state_lib.has_extra(state.extra_params)
 
-        def loss_fn(trainable):
-            params, extra_params = trainable if with_extra else (trainable, state.extra_params)
-            variables = {"params": params, "batch_stats": state.batch_stats}
-            (s_logits, s_feats), mutated = student.apply(
-                variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
-            )
-            s_logits = _loss_dtype(s_logits)
-            out = distiller(
-                s_logits,
-                t_logits,
-                labels,
-                epoch=epoch,
-                axis_name=axis_name,
-                s_feats=s_feats if uses_feats else None,
-                t_feats=t_feats,
-                index=batch.get("index"),
-                extra={"params": extra_params, "state": state.extra_state},
-                rng=distiller_rng,
-            )
-            total = _pmean(out.total, axis_name)  # the global-batch loss (see module doc)
-            new_extra_state = state.extra_state if out.state is None else out.state
-            aux = (out.parts, s_logits, mutated.get("batch_stats", {}), new_extra_state)
-            return total, aux
-
-        trainable = state_lib.optimized(state.params, state.extra_params)
-        (loss, (parts, s_logits, new_batch_stats, new_extra_state)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True
-        )(trainable)
-        updates, new_opt_state = tx.update(grads, state.opt_state, trainable)
-        new_trainable = optax.apply_updates(trainable, updates)
-        new_params, new_extra_params = (
-            new_trainable if with_extra else (new_trainable, state.extra_params)
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        (s_logits, s_feats), mutated = student.apply(
+            variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
         )
-
+        s_logits = _loss_dtype(s_logits)
+        out = distiller(
+            s_logits,
+            t_logits,
+            labels,
+            epoch=epoch,
+            axis_name=axis_name,
+            s_feats=s_feats if uses_feats else None,
+            t_feats=t_feats,
+            index=batch.get("index"),
+            extra={"params": extra_params, "state": state.extra_state},
+            rng=distiller_rng,
+        )
         top1 = jnp.mean((jnp.argmax(s_logits, axis=-1) == labels).astype(s_logits.dtype))
-        metrics = {
-            "loss": loss,
-            **_pmean(dict(parts), axis_name),
-            "top1": _pmean(top1, axis_name),
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(trainable),
+        metrics = {**_pmean(dict(out.parts), axis_name), "top1": _pmean(top1, axis_name)}
+        renewed = {
+            "batch_stats": mutated.get("batch_stats", {}),
+            "extra_state": state.extra_state if out.state is None else out.state,
         }
-        if lr_fn is not None:
-            metrics["lr"] = jnp.asarray(lr_fn(state.step))
-        new_state = state.replace(
-            step=state.step + 1,
-            params=new_params,
-            batch_stats=new_batch_stats,
-            opt_state=new_opt_state,
-            extra_params=new_extra_params,
-            extra_state=new_extra_state,
-        )
-        return new_state, metrics
+        return _pmean(out.total, axis_name), (metrics, renewed)  # the global-batch loss
 
-    return train_step
+    return loss_fn
 
 
 def make_eval_step(
