@@ -5,7 +5,7 @@
 
 Each step is `detection.steps.make_train_step` jitted by `sharding.shard_train_step` on a
 synthetic batch already on the devices (random images, 4 boxes per image), as the trainer
-runs it (luminet_jax/detection/task.py). Sizes:
+runs it (luminet_jax/tasks/detection.py). Sizes:
 
   tiny        configs/detection_smoke.py's detector, 128 x 128 images
   tb_student  configs/tiny_boxes_frcnn.py's student (R-18 at half width), 128 x 128

@@ -17,6 +17,12 @@ from luminet_jax import config_lib as common
 
 TEACHER = "resnet14"
 STUDENT = "resnet8"
+# What `main` suggests when a distillation run is started without a teacher.
+TEACHER_HINT = (
+    "train the quickstart teacher first: {prog} --config quickstart:teacher "
+    "--workdir /tmp/qs/teacher, then add --config.teacher.checkpoint=/tmp/qs/teacher "
+    "(luminet-quickstart does both)."
+)
 
 # Short-run settings for 10 classes. LumiNet: LumiNet's default ce 2 / T 4 with alpha
 # lowered from 31 (tuned for 100 classes over 240 epochs) and a 1-epoch ramp.

@@ -4,11 +4,11 @@ The config files import it as `from luminet_jax import config_lib as common`, so
 from a checkout and from an installed package alike.
 
 Every config has the same top-level sections (read by `luminet_jax/train.py` and its task,
-`luminet_jax/tasks.py`):
+`luminet_jax/tasks/`):
 
     task              absent or "classification" (the sections below), or "detection"
                       (`detection()` below; dataset/student/teacher as in
-                      luminet_jax/detection/task.py)
+                      luminet_jax/tasks/detection.py)
     seed              int
     seeds             "" (one run with `seed`) or "0,1,2": one run per seed in one job,
                       written to W/seed{k}/ as `seed=k` would write W/
@@ -224,7 +224,7 @@ def imagenet(**overrides: Any) -> ml_collections.ConfigDict:
     return config
 
 
-# Detection (config.task = "detection"; luminet_jax/detection/task.py reads these sections).
+# Detection (config.task = "detection"; luminet_jax/tasks/detection.py reads these sections).
 DETECTION_METHODS = ("vanilla", "kd", "dkd", "luminet")
 
 

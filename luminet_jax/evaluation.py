@@ -8,8 +8,6 @@ from typing import Any
 import jax
 import numpy as np
 
-SUM_KEYS = ("correct1", "correct5", "loss_sum", "count")
-
 
 def evaluate(
     eval_step: Callable[[Any, Any], dict[str, jax.Array]],
@@ -30,10 +28,8 @@ def evaluate(
 
     Returns:
       {"top1", "top5", "loss", "count"} as Python numbers (top-k as fractions in [0, 1]),
-      plus "member{k}_top1" and "member{k}_top5" for each member k of a cohort model
-      (sums "member_correct1"/"member_correct5" of shape (N,));
-      a list of them, one per member, when the sums have a leading members axis
-      (`members.shard_eval_step`).
+      plus "member{k}_top1" and "member{k}_top5" for each peer k of a cohort model
+      (sums "member_correct1"/"member_correct5" of shape (N,)).
 
     Raises:
       ValueError: the batches contained no (unmasked) example.
@@ -44,16 +40,7 @@ def evaluate(
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     if totals is None:
         raise ValueError("evaluate() got no batches.")
-    totals = jax.device_get(totals)
-    if np.ndim(totals["count"]):  # several members' sums: one result each
-        return [
-            _result(jax.tree.map(lambda x, k=k: x[k], totals)) for k in range(len(totals["count"]))
-        ]
-    return _result(totals)
-
-
-def _result(totals: dict[str, Any]) -> dict[str, float]:
-    totals = {k: np.asarray(v, np.float64) for k, v in totals.items()}
+    totals = {k: np.asarray(v, np.float64) for k, v in jax.device_get(totals).items()}
     count = totals["count"]
     if count <= 0:
         raise ValueError("evaluate() got batches without any unmasked example.")
@@ -63,7 +50,7 @@ def _result(totals: dict[str, Any]) -> dict[str, float]:
         "loss": float(totals["loss_sum"] / count),
         "count": int(round(float(count))),
     }
-    for top in ("1", "5"):  # a cohort's members, one entry each
+    for top in ("1", "5"):  # a cohort's peers, one entry each
         for k, correct in enumerate(totals.get(f"member_correct{top}", ())):
             result[f"member{k}_top{top}"] = float(correct / count)
     return result

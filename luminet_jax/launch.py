@@ -157,23 +157,15 @@ def enable_compilation_cache(path: str = "auto") -> str:
 
 
 def teacher_hint(config, *, config_name: str, prog: str) -> str:
-    """How to get a teacher checkpoint for `config` (the quickstart's own command for it)."""
+    """How to get a teacher checkpoint for `config`: its config file's own `TEACHER_HINT`
+    (a format string of `prog`; the quickstart's command for its teacher), else its task's."""
     from luminet_jax import tasks  # noqa: PLC0415
 
-    own = tasks.teacher_hint(config, prog=prog)  # e.g. detection's
-    if own is not None:
-        return own
-    if config_name == "quickstart":
-        return (
-            f"train the quickstart teacher first: {prog} --config quickstart:teacher "
-            "--workdir /tmp/qs/teacher, then add --config.teacher.checkpoint=/tmp/qs/teacher "
-            "(luminet-quickstart does both)."
-        )
-    return (
-        f"give a teacher run's workdir ({prog} --config cifar100_teacher:"
-        f"{config.teacher.name.split(',')[0]} --workdir T), a luminet-convert output "
-        "directory or a PyTorch-keyed .npz."
-    )
+    try:
+        own = vars(cli.load_config_module(config_name)).get("TEACHER_HINT") if config_name else None
+    except (ValueError, OSError):  # not a shipped name, nor a file
+        own = None
+    return own.format(prog=prog) if own else tasks.teacher_hint(config, prog=prog)
 
 
 def preflight(config, *, config_name: str = "", prog: str = "luminet-train") -> None:
@@ -181,7 +173,8 @@ def preflight(config, *, config_name: str = "", prog: str = "luminet-train") -> 
 
     Args:
       config: the run's config.
-      config_name: the config file's stem (picks the hint for a missing teacher).
+      config_name: the config file (a path or a shipped name), for its hint about a missing
+        teacher.
       prog: the command, for the hints.
 
     Raises:

@@ -11,8 +11,6 @@ JAX_PROCESS_ID; --multihost forces or skips that.
 
 from __future__ import annotations
 
-import os
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -52,8 +50,7 @@ def main(argv):
     launch.initialize_distributed(distributed)
     config, workdir = _CONFIG.value, _WORKDIR.value
     config_file = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
-    name = os.path.basename(config_file).removesuffix(".py")
-    launch.preflight(config, config_name=name, prog=PROG)
+    launch.preflight(config, config_name=config_file, prog=PROG)
     import jax  # noqa: PLC0415
 
     launch.check_batch(config, jax.device_count())

@@ -1,17 +1,21 @@
-"""Several independent runs (one per seed) trained together in one job.
+"""Several independent runs (one per seed) trained together in one job: a task wrapper.
 
-`config.seeds = "0,1,2"` trains one student per seed inside one compiled step: the states
-are stacked along a leading "member" axis and the per-shard train step is `jax.vmap`ped
-over it, so the members share each device, the teacher's variables (loaded once) and the
-data-parallel mesh, while each keeps its own initialization, data order, augmentation and
-dropout keys. Member k is the run that `config.seed = k` would train: the trainer writes it
-to `W/seed{k}/` (checkpoints, metrics, summary) exactly as that run writes `W/`.
+`config.seeds = "0,1,2"` trains one student per seed inside one compiled step:
+`for_seeds(task, seeds, mesh)` turns a task into one whose state is the runs' states
+stacked along a leading "member" axis, whose per-shard train step is the task's step
+`jax.vmap`ped over it, and whose batches stack one batch per seed. The members share each
+device, the teacher's variables (loaded once) and the data-parallel mesh, while each keeps
+its own initialization, data order, augmentation and dropout keys. Member k is the run that
+`config.seed = k` would train: the trainer writes it to `W/seed{k}/` (checkpoints, metrics,
+summary) exactly as that run writes `W/`.
 
 Batches of the members are stacked as (S, B, ...) and split over "data" along axis 1.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,6 +53,38 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """Where one run of a job writes, how its log lines start and what its summary adds."""
+
+    workdir: str
+    tag: str = ""  # "seed 3 " before its log lines
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)  # {"seed": 3}
+
+
+def run_infos(workdir: str, seeds: Sequence[int]) -> list[RunInfo]:
+    """One `RunInfo` per member (`workdir/seed{k}`), or the single run in `workdir`."""
+    if not seeds:
+        return [RunInfo(workdir)]
+    return [RunInfo(os.path.join(workdir, f"seed{k}"), f"seed {k} ", {"seed": k}) for k in seeds]
+
+
+def describe(seeds: Sequence[int]) -> str:
+    """For the start-up log line: ", 3 seeds [0, 1, 2] in one job" ("" for one run)."""
+    return f", {len(seeds)} seeds {list(seeds)} in one job" if seeds else ""
+
+
+def result(summaries: list[dict[str, Any]], state: Any, seeds: Sequence[int]) -> dict:
+    """train_and_evaluate's return value: the summary and the state of a run, or of a job
+    the summaries' values as lists, "seeds", "members" (one summary each) and the stacked
+    state."""
+    if not seeds:
+        return {**summaries[0], "state": state}
+    keys = [k for k in summaries[0] if k != "seed"]
+    combined = {k: [s[k] for s in summaries] for k in keys}
+    return {**combined, "seeds": list(seeds), "members": summaries, "state": state}
+
+
 def member(tree: Any, k: int) -> Any:
     """Member k's slice of a stacked tree."""
     return jax.tree.map(lambda x: x[k], tree)
@@ -73,48 +109,53 @@ def to_global(local_batches: Sequence[dict[str, Any]], mesh: Mesh) -> dict[str, 
     )
 
 
-def shard_train_step(train_step: Callable, mesh: Mesh, seeds: Sequence[int]) -> Callable:
-    """Jits the per-shard `train_step` vmapped over the members.
+def vmapped_step(train_step: Callable, seeds: Sequence[int]) -> Callable:
+    """The per-shard `train_step` over stacked states and (S, B, ...) batches.
 
     Each member's batch gets its seed as `batch["seed"]`, from which the step draws its
     dropout and distiller keys (as a separate run's step does from its `config.seed`).
+    """
+    seed_array = jnp.asarray(seeds, jnp.int32)
+
+    def step(state, teacher_variables, batch):
+        def one(member_state, member_batch, seed):
+            return train_step(member_state, teacher_variables, {**member_batch, "seed": seed})
+
+        return jax.vmap(one)(state, batch, seed_array)
+
+    return step
+
+
+def shard_train_step(train_step: Callable, mesh: Mesh, seeds: Sequence[int]) -> Callable:
+    """Jits the per-shard `train_step` vmapped over the members (`vmapped_step`).
 
     Returns:
       `fn(state, teacher_variables, batch) -> (state, metrics)` on stacked states and
       (S, B, ...) batches; metrics are (S,) arrays.
     """
-    seed_array = jax.device_put(jnp.asarray(seeds, jnp.int32), sharding.replicated(mesh))
-
-    def body(state, teacher_variables, batch, member_seeds):
-        def one(member_state, member_batch, seed):
-            return train_step(member_state, teacher_variables, {**member_batch, "seed": seed})
-
-        return jax.vmap(one)(state, batch, member_seeds)
-
-    sharded = jax.jit(
-        jax.shard_map(
-            body,
-            mesh=mesh,
-            in_specs=(P(), P(), MEMBER_BATCH, P()),
-            out_specs=(P(), P()),
-            check_vma=True,
-        ),
-        donate_argnums=0,
-    )
-    return lambda state, teacher_variables, batch: sharded(
-        state, teacher_variables, batch, seed_array
-    )
+    return sharding.shard_train_step(vmapped_step(train_step, seeds), mesh, MEMBER_BATCH)
 
 
-def shard_eval_step(eval_step: Callable, mesh: Mesh) -> Callable:
-    """Jits the per-shard `eval_step(variables, batch)` vmapped over stacked variables.
+def for_seeds(task: Any, seeds: Sequence[int], mesh: Mesh) -> Any:
+    """The task of several runs, one per seed, trained in one job (the task itself without
+    seeds). `task` is a `tasks.Task`; its fields are replaced, the type is kept. Its
+    `evaluate` and `prepare_state` act on one run's state, a view of `runs(state)`."""
+    if not seeds:
+        return task
+    seeds = tuple(seeds)
+    stacker = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=member_batch_sharding(mesh))
 
-    The eval batch is shared by the members; the sums come out with a leading (S,) axis.
-    """
+    def train_batches(start_step, seeds):
+        runs = [task.train_batches(start_step, seed) for seed in seeds]
+        return lambda step: jax.tree.map(stacker, *[run(step) for run in runs])
 
-    def body(variables, batch):
-        return jax.vmap(lambda v: eval_step(v, batch))(variables)
-
-    return jax.jit(
-        jax.shard_map(body, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(), check_vma=True)
+    return dataclasses.replace(
+        task,
+        seed=seeds,
+        init=jax.vmap(task.init, in_axes=(0, None)),
+        train_batches=train_batches,
+        train_step=vmapped_step(task.train_step, seeds),
+        batch_spec=MEMBER_BATCH,
+        runs=lambda tree: [member(tree, k) for k in range(len(seeds))],
+        join=lambda trees: stack(trees, mesh),
     )

@@ -11,6 +11,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
+BATCH = P(DATA_AXIS)  # a global batch: its leading axis split over "data"
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -69,7 +70,7 @@ def to_global(local_batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     )
 
 
-def shard_train_step(train_step: Callable, mesh: Mesh) -> Callable:
+def shard_train_step(train_step: Callable, mesh: Mesh, batch_spec: P = BATCH) -> Callable:
     """Jits `train_step(state, teacher_variables, batch)` to run per shard over "data".
 
     The step must have been built with `axis_name="data"` (and the models with
@@ -82,6 +83,8 @@ def shard_train_step(train_step: Callable, mesh: Mesh) -> Callable:
     Args:
       train_step: from `steps.make_train_step(..., axis_name="data")`.
       mesh: the data mesh.
+      batch_spec: how the batch splits: along its leading axis (several seeds in one job:
+        `members.MEMBER_BATCH`, along axis 1).
 
     Returns:
       The jitted `fn(state, teacher_variables, batch) -> (state, metrics)`.
@@ -89,7 +92,7 @@ def shard_train_step(train_step: Callable, mesh: Mesh) -> Callable:
     sharded = jax.shard_map(
         train_step,
         mesh=mesh,
-        in_specs=(P(), P(), P(DATA_AXIS)),
+        in_specs=(P(), P(), batch_spec),
         out_specs=(P(), P()),
         check_vma=True,
     )

@@ -180,7 +180,7 @@ def distillation_loss(
         images, labels = batch["image"], batch["label"]
         epoch = state.step // steps_per_epoch + 1  # traced int: no recompiles across epochs
         # A run's seed: `dropout_seed`, or the member's seed when several seeds train in one
-        # job (members.shard_train_step puts it in the batch): the same keys either way.
+        # job (members.vmapped_step puts it in the batch): the same keys either way.
         seed = batch.get("seed", dropout_seed)
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         # The distiller's key (e.g. CRD's negatives) is the same on every shard.

@@ -2,11 +2,12 @@
 
 `train_and_evaluate(config, workdir)` builds the mesh and the config's task (`config.task`:
 classification by default, or detection; `luminet_jax.tasks`), which supplies the models'
-initialization, the data, the train step and the evaluation. The loop is the same for every
-task: it resumes from `workdir` if it holds a checkpoint, trains, logs, evaluates (tracking
-the task's primary metric, e.g. top1 or AP), checkpoints and handles interrupts and several
-seeds in one job. Everything below it is a pure library function that takes plain
-arguments (see luminet_jax/config_lib.py for the config's sections).
+initialization, the data, the train step and the evaluation; with `config.seeds` the task
+holds one run per seed (`members.for_seeds`). The loop is the same for every task: it
+resumes from `workdir` if it holds a checkpoint, trains, logs, evaluates (tracking the
+task's primary metric, e.g. top1 or AP), checkpoints and handles interrupts, writing each
+run's outputs through its own `_Run` sink. Everything below it is a pure library function
+that takes plain arguments (see luminet_jax/config_lib.py for the config's sections).
 """
 
 from __future__ import annotations
@@ -23,17 +24,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from luminet_jax import (
-    checkpoint,
-    fast_conv,
-    interrupt,
-    members,
-    metrics_io,
-    sharding,
-    tasks,
-)
-
-AXIS = sharding.DATA_AXIS
+from luminet_jax import checkpoint, fast_conv, interrupt, members, metrics_io, sharding, tasks
 
 
 def _summarize(first_step: int, window: list[dict[str, np.ndarray]]) -> dict[str, float]:
@@ -54,6 +45,88 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
+def _progress(step: int, total: int, spe: int, means: dict, shown: str, images_per_s: float,
+              eta_s: float) -> str:  # fmt: skip
+    """The progress line: step, epoch, loss, the task's training metric, lr, speed, ETA."""
+    return (
+        f"step {step}/{total} (epoch {step / spe:.2f}) loss {means['loss']:.4f} {shown} "
+        f"{means.get(shown, math.nan):.3f} lr {means.get('lr', math.nan):.4g} | "
+        f"{images_per_s:.1f} img/s | ETA {_format_eta(eta_s)}"
+    )
+
+
+class _Run:
+    """One run's outputs: metrics (jsonl, TensorBoard), checkpoints, best-so-far, summary."""
+
+    def __init__(self, info: members.RunInfo, *, metric: str, keep: int):
+        self.info, self.metric = info, metric
+        self.ckpt = checkpoint.Checkpointer(info.workdir, max_to_keep=keep)
+        self.writer: metrics_io.MetricWriter | None = None
+        self.summary: dict[str, Any] = {f"teacher_{metric}": math.nan}
+        self.best, self.last, self.last_eval_step = -math.inf, math.nan, -1
+
+    def open(self, start_step: int) -> None:
+        """Starts writing; the best eval so far survives a resume through metrics.jsonl."""
+        self.writer = metrics_io.MetricWriter(self.info.workdir)
+        key = f"eval/{self.metric}"
+        earlier = [r for r in metrics_io.read_metrics(self.info.workdir) if r["step"] <= start_step]
+        best, self.last = metrics_io.best_and_last(earlier, key=key)
+        self.best = -math.inf if math.isnan(best) else best
+        self.last_eval_step = max((r["step"] for r in earlier if key in r), default=-1)
+
+    def teacher(self, step: int, value: float) -> None:
+        self.summary[f"teacher_{self.metric}"] = float(value)
+        self.writer.write(step, {f"teacher_{self.metric}": value})
+
+    def train(self, step: int, means: dict[str, float], progress: str) -> None:
+        self.writer.write(step, {f"train/{n}": v for n, v in means.items()})
+        logging.info("%s%s", self.info.tag, progress)
+
+    def eval(self, step: int, metrics: dict[str, float], epoch: float) -> None:
+        value = metrics[self.metric]
+        self.best, self.last, self.last_eval_step = max(self.best, value), value, step
+        record = {f"eval/{n}": v for n, v in metrics.items()}
+        self.writer.write(step, {"epoch": epoch, **record, f"eval/best_{self.metric}": self.best})
+        shown = " ".join(f"{n} {v:.4f}" for n, v in metrics.items() if not n.startswith("member"))
+        logging.info(
+            "%sstep %d eval: %s (best %s %.4f)", self.info.tag, step, shown, self.metric, self.best
+        )
+
+    def finish(self, step: int, **fields: Any) -> dict[str, Any]:
+        best, last = f"best_{self.metric}", f"last_{self.metric}"
+        self.summary.update({best: float(self.best), last: float(self.last)}, steps=step, **fields)
+        self.summary.update(self.info.summary)
+        self.writer.write(step, {f"summary/{n}": v for n, v in self.summary.items()})
+        return self.summary
+
+    def close(self) -> None:
+        self.ckpt.wait()
+        if self.writer is not None:
+            self.writer.close()
+        if jax.process_index() == 0 and "steps" in self.summary:
+            with open(os.path.join(self.info.workdir, "summary.json"), "w") as f:
+                json.dump(self.summary, f, indent=1)
+
+
+def _start(task: tasks.Task, infos: list[members.RunInfo], mesh, keep: int):
+    """(initial state, the runs' sinks, start step): fresh, or resumed from the runs' latest
+    checkpoints (which must be at one step)."""
+    replicated = sharding.replicated(mesh)
+    init = jax.jit(task.init, out_shardings=replicated)
+    state = init(jnp.asarray(task.seed, jnp.uint32), task.teacher_variables)
+    if task.prepare_state is not None:
+        state = task.join([task.prepare_state(s) for s in task.runs(state)])
+    runs = [_Run(info, metric=task.metric, keep=keep) for info in infos]
+    restored = [run.ckpt.restore_or(s) for run, s in zip(runs, task.runs(state))]
+    starts = sorted({int(jax.device_get(r.step)) for r in restored})
+    if len(starts) > 1:
+        raise ValueError(
+            f"The checkpoints of {[i.workdir for i in infos]} are at different steps {starts}; "
+            "remove the newer ones' latest checkpoints (or all) to resume them together."
+        )
+    return jax.device_put(task.join(restored), replicated), runs, starts[0]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains and evaluates the model described by `config`, in `workdir`.
 
@@ -70,8 +143,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns:
       The summary ("best_M", "last_M", "teacher_M" for the task's primary metric M: top1
       for classification, AP for detection; "steps", "steps_per_epoch", "wall_s") plus
-      "state", the final `TrainState`; with seeds, "members" (one summary per seed, in
-      order) and "state" stacked along a leading members axis.
+      "state", the final `TrainState`; with seeds, those as lists, "members" (one summary
+      per seed, in order), "seeds" and "state" stacked along a leading members axis.
 
     Raises:
       ValueError: an unknown task, a batch size that does not divide over the devices, a
@@ -80,172 +153,80 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       FloatingPointError: a non-finite loss (or gradient norm), naming the step.
     """
     start_time = time.time()
-    seeds = members.parse_seeds(config.get("seeds", ""))
     mesh = sharding.make_mesh()
     sharding.check_global_batch(config.batch_size, mesh)
     sharding.check_global_batch(config.eval_batch_size, mesh)
-    task = tasks.build(config, mesh=mesh, seeds=seeds)
-    metric, steps_per_epoch, teacher_vars = (
-        task.metric,
-        task.steps_per_epoch,
-        task.teacher_variables,
-    )
-    total_steps = (
-        config.num_train_steps
-        if config.num_train_steps > 0
-        else config.num_epochs * steps_per_epoch
-    )
-    eval_every = config.eval_every_steps or config.eval_every_epochs * steps_per_epoch
-
-    # One member per seed (stacked states), or the single run of config.seed.
-    member_seeds = seeds or [config.seed]
-    workdirs = [os.path.join(workdir, f"seed{k}") for k in seeds] or [workdir]
-    init_fn = jax.vmap(task.init, in_axes=(0, None)) if seeds else task.init
-    state = jax.jit(init_fn, out_shardings=sharding.replicated(mesh))(
-        jnp.asarray(member_seeds if seeds else config.seed, jnp.uint32), teacher_vars
-    )
-    view = (lambda tree, k: members.member(tree, k)) if seeds else (lambda tree, k: tree)
-    if task.prepare_state is not None:
-        prepared = [task.prepare_state(view(state, k)) for k in range(len(member_seeds))]
-        rep = sharding.replicated(mesh)
-        state = members.stack(prepared, mesh) if seeds else jax.device_put(prepared[0], rep)
-    ckpts = [checkpoint.Checkpointer(w, max_to_keep=config.keep_checkpoints) for w in workdirs]
-    restored = [c.restore_or(view(state, k)) for k, c in enumerate(ckpts)]
-    starts = sorted({int(jax.device_get(r.step)) for r in restored})
-    if len(starts) > 1:
-        raise ValueError(
-            f"The members' checkpoints in {workdir}/seed*/ are at different steps {starts}; "
-            "remove the newer ones' latest checkpoints (or all) to resume them together."
-        )
-    state = members.stack(restored, mesh) if seeds else restored[0]
-    start_step = starts[0]
+    seeds = members.parse_seeds(config.get("seeds", ""))
+    task = members.for_seeds(tasks.build(config, mesh=mesh), seeds, mesh)
+    spe, metric = task.steps_per_epoch, task.metric
+    total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * spe
+    eval_every = config.eval_every_steps or config.eval_every_epochs * spe
+    infos = members.run_infos(workdir, seeds)
+    state, runs, step = _start(task, infos, mesh, config.keep_checkpoints)
+    first = task.runs(state)[0]
     logging.info(
         "%s (%d params, %d extra from the distiller)%s; %d steps/epoch, %d total, starting at %d.",
-        task.describe,
-        sum(x.size for x in jax.tree.leaves(view(state, 0).params)),
-        sum(x.size for x in jax.tree.leaves(view(state, 0).extra_params)),
-        f", {len(seeds)} seeds {seeds} in one job" if seeds else "",
-        steps_per_epoch,
-        total_steps,
-        start_step,
-    )
-
-    next_batch = task.train_batches(start_step)
+        task.describe, sum(x.size for x in jax.tree.leaves(first.params)),
+        sum(x.size for x in jax.tree.leaves(first.extra_params)), members.describe(seeds), spe,
+        total, step,
+    )  # fmt: skip
+    next_batch = task.train_batches(step, task.seed)
     # Opt-in CPU speed-up: convolution weight gradients as matmuls (numerically the same).
-    step_fn = fast_conv.wrap(
-        task.train_step, bool(config.fast_conv), config.fast_conv or "pointwise"
-    )
-    if seeds:
-        train_step = members.shard_train_step(step_fn, mesh, seeds)
-    else:
-        train_step = sharding.shard_train_step(step_fn, mesh)
-
-    writers = [metrics_io.MetricWriter(w) for w in workdirs]
-    summaries: list[dict[str, Any]] = [{f"teacher_{metric}": math.nan} for _ in workdirs]
+    fast = fast_conv.wrap(task.train_step, bool(config.fast_conv), config.fast_conv or "pointwise")
+    train_step = sharding.shard_train_step(fast, mesh, task.batch_spec)
+    for run in runs:
+        run.open(step)
     if task.evaluate_teacher is not None:
-        t_metrics = task.evaluate_teacher()
-        for summary, writer in zip(summaries, writers):
-            summary[f"teacher_{metric}"] = float(t_metrics[metric])
-            writer.write(start_step, {f"teacher_{metric}": t_metrics[metric]})
-        logging.info("Teacher %s %s %.4f", task.teacher_name, metric, t_metrics[metric])
+        value = task.evaluate_teacher()[metric]
+        for run in runs:
+            run.teacher(step, value)
+        logging.info("Teacher %s %s %.4f", task.teacher_name, metric, value)
 
-    # The best eval so far survives a resume through metrics.jsonl.
-    best, last, last_eval_step = [], [], []
-    for w in workdirs:
-        earlier = [r for r in metrics_io.read_metrics(w) if r["step"] <= start_step]
-        best_k, last_k = metrics_io.best_and_last(earlier, key=f"eval/{metric}")
-        best.append(-math.inf if math.isnan(best_k) else best_k)
-        last.append(last_k)
-        last_eval_step.append(max((r["step"] for r in earlier if f"eval/{metric}" in r),
-                                  default=-1))  # fmt: skip
-    tag = (lambda k: f"seed {member_seeds[k]} ") if seeds else (lambda k: "")
-
-    def run_eval(step: int) -> None:
-        results = task.evaluate(state)
-        for k, m in enumerate(results if seeds else [results]):
-            best[k], last[k] = max(best[k], m[metric]), m[metric]
-            last_eval_step[k] = step
-            writers[k].write(
-                step,
-                {
-                    "epoch": step / steps_per_epoch,
-                    **{f"eval/{n}": v for n, v in m.items()},
-                    f"eval/best_{metric}": best[k],
-                },
-            )
-            shown = " ".join(f"{n} {v:.4f}" for n, v in m.items() if not n.startswith("member"))
-            logging.info("%sstep %d eval: %s (best %s %.4f)", tag(k), step, shown, metric, best[k])
-
-    def save(step: int) -> None:
-        for k, c in enumerate(ckpts):
-            c.save(step, view(state, k))
+    def run_eval(at: int) -> None:
+        for run, run_state in zip(runs, task.runs(state)):
+            run.eval(at, task.evaluate(run_state), epoch=at / spe)
 
     pending: list[dict[str, jax.Array]] = []  # device metrics since the last flush
-    window_time, window_step = time.time(), start_step
-    step = start_step
+    window_time, window_step = time.time(), step
     with interrupt.StopRequest() as stop:
         try:
-            while step < total_steps:
-                state, metrics = train_step(state, teacher_vars, next_batch(step))
+            while step < total:
+                state, metrics = train_step(state, task.teacher_variables, next_batch(step))
                 pending.append(metrics)
                 step += 1
-                at_log = step % config.log_every_steps == 0 or step == total_steps
-                at_ckpt = step % config.ckpt_every_steps == 0 or step == total_steps
-                at_eval = step % eval_every == 0 or step == total_steps
+                at_log = step % config.log_every_steps == 0 or step == total
+                at_ckpt = step % config.ckpt_every_steps == 0 or step == total
+                at_eval = step % eval_every == 0 or step == total
                 stopping = stop.requested(sync=at_log)
                 if not (at_log or at_ckpt or at_eval or stopping):
                     continue
                 # One host transfer per window; checked before anything is saved.
-                window = jax.device_get(pending)
-                pending = []
+                window, pending = jax.device_get(pending), []
                 now = time.time()
                 rate = (step - window_step) / max(now - window_time, 1e-9)
                 window_time, window_step = now, step
-                for k, writer in enumerate(writers):
-                    means = _summarize(step - len(window), [view(m, k) for m in window])
-                    writer.write(step, {f"train/{n}": v for n, v in means.items()})
-                    logging.info(
-                        "%sstep %d/%d (epoch %.2f) loss %.4f %s %.3f lr %.4g | %.1f img/s | "
-                        "ETA %s",
-                        tag(k), step, total_steps, step / steps_per_epoch, means["loss"],
-                        task.train_metric, means.get(task.train_metric, math.nan),
-                        means.get("lr", math.nan), rate * config.batch_size * len(workdirs),
-                        _format_eta((total_steps - step) / rate),
-                    )  # fmt: skip
+                speed, eta = rate * config.batch_size * len(runs), (total - step) / rate
+                for run, run_window in zip(runs, zip(*[task.runs(m) for m in window])):
+                    means = _summarize(step - len(window), list(run_window))
+                    line = _progress(step, total, spe, means, task.train_metric, speed, eta)
+                    run.train(step, means, line)
                 if at_eval:
                     run_eval(step)
                 if at_ckpt or stopping:
-                    save(step)
+                    for run, run_state in zip(runs, task.runs(state)):
+                        run.ckpt.save(step, run_state)
                 if stopping:
                     logging.warning("Interrupted: saved a checkpoint at step %d.", step)
                     raise stop.exception()
-            if min(last_eval_step) != step:  # e.g. resuming a run that had finished
+            if min(run.last_eval_step for run in runs) != step:  # e.g. resuming a finished run
                 run_eval(step)
-            if any(c.latest_step() != step for c in ckpts):
-                save(step)
-            for k, (summary, writer) in enumerate(zip(summaries, writers)):
-                summary.update(
-                    {f"best_{metric}": float(best[k]), f"last_{metric}": float(last[k])},
-                    steps=step,
-                    steps_per_epoch=steps_per_epoch,
-                    wall_s=time.time() - start_time,
-                )
-                if seeds:
-                    summary["seed"] = member_seeds[k]
-                writer.write(step, {f"summary/{n}": v for n, v in summary.items()})
+            for run, run_state in zip(runs, task.runs(state)):
+                if run.ckpt.latest_step() != step:
+                    run.ckpt.save(step, run_state)
+            wall_s = time.time() - start_time
+            summaries = [run.finish(step, steps_per_epoch=spe, wall_s=wall_s) for run in runs]
         finally:
-            for c in ckpts:
-                c.wait()
-            for writer in writers:
-                writer.close()
-    if jax.process_index() == 0:
-        for w, summary in zip(workdirs, summaries):
-            with open(os.path.join(w, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=1)
-    logging.info("Done: %s", summaries if seeds else summaries[0])
-    if not seeds:
-        return {**summaries[0], "state": state}
-    keys = (f"best_{metric}", f"last_{metric}", f"teacher_{metric}", "steps", "steps_per_epoch",
-            "wall_s")  # fmt: skip
-    combined = {k: [s[k] for s in summaries] for k in keys}
-    return {**combined, "seeds": seeds, "members": summaries, "state": state}
+            for run in runs:
+                run.close()
+    logging.info("Done: %s", summaries if len(summaries) > 1 else summaries[0])
+    return members.result(summaries, state, seeds)

@@ -320,10 +320,10 @@ def test_convert_file_writes_orbax_variables(tmp_path):
 
 
 def test_task_backbone_hook_puts_c2_weights_into_a_fresh_train_state(tmp_path):
-    """config.student.backbone_checkpoint: detection/task.py's prepare_state hook."""
+    """config.student.backbone_checkpoint: tasks/detection.py's prepare_state hook."""
     from luminet_jax import optim
     from luminet_jax import state as state_lib
-    from luminet_jax.detection import task
+    from luminet_jax.tasks import detection as task
 
     model = rcnn.get_detector("faster_rcnn_r50_fpn", **TINY)
     sd = _random(_c2_names(resnet_keys(50, width=8)), seed=7)

@@ -1,4 +1,4 @@
-"""Detection through the one training loop (luminet_jax/tasks.py, detection/task.py, train.py).
+"""Detection through the one training loop (luminet_jax/tasks/, tasks/detection.py, train.py).
 
 Default suite: the task plumbing (config.task selects the task, clear errors for an unknown
 task, seeds in one job and feature distillers), the detection configs (every method builds,
@@ -204,7 +204,7 @@ def _smoke_detector(**changes):
 @pytest.mark.slow  # compiles a detector init (~15 s); the slow KD-teacher run loads one too
 def test_teacher_variables_load_from_an_orbax_dir_and_are_checked(tmp_path):
     from luminet_jax import checkpoint
-    from luminet_jax.detection import task
+    from luminet_jax.tasks import detection as task
 
     model = _smoke_detector()
     variables = rcnn.init_variables(model, 0, image_size=(64, 64))

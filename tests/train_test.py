@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from luminet_jax import assemble, checkpoint, metrics_io, sharding, train
+from luminet_jax import checkpoint, metrics_io, sharding, train
+from luminet_jax.tasks import classification
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -135,9 +136,11 @@ def test_ensemble_teacher_averages_members(teacher_run):
     single = _config("kd", teacher_dir=teacher_dir).teacher
     double = _config("kd").teacher
     double.name, double.checkpoint = "resnet8,resnet8", f"{teacher_dir},{teacher_dir}"
-    build = functools.partial(assemble.build_teacher, num_classes=4, image_size=8, dtype=None)
-    module1, vars1, _ = build(single)
-    module2, vars2, name = build(double)
+    build = functools.partial(
+        classification.build_teacher, num_classes=4, image_size=8, dtype=None, model_kwargs={}
+    )
+    module1, vars1, _ = build(single.name, single.checkpoint)
+    module2, vars2, name = build(double.name, double.checkpoint)
     assert name == "resnet8+resnet8"
     images = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
     logits1, _ = module1.apply(vars1, images, train=False)
@@ -145,7 +148,7 @@ def test_ensemble_teacher_averages_members(teacher_run):
     chex.assert_trees_all_close(logits2, logits1, rtol=1e-5, atol=1e-5)
     double.checkpoint = teacher_dir  # one path for two teachers
     with pytest.raises(ValueError, match="one path per teacher"):
-        build(double)
+        build(double.name, double.checkpoint)
 
 
 def _resume_from_step_15(teacher_dir: str, workdir: pathlib.Path, data: str) -> dict:

@@ -8,6 +8,7 @@ and horizontal flip, and normalisation, all keyed by (seed, step). The split is 
 every device; the gathered batch comes out sharded over the mesh axis "data".
 """
 
+import copy
 import functools
 import math
 from collections.abc import Iterator
@@ -138,9 +139,8 @@ class DeviceData:
           labels: (N,) integer labels.
           mesh: mesh with a "data" axis; batches are sharded over it.
           global_batch: batch over all devices; must divide by the "data" axis size.
-          seed: run seed; batches are a function of (seed, step). A sequence of seeds makes
-            `batch(step)` return (S, B, ...) arrays, row k the batch of seed k (sharded over
-            "data" along axis 1): the data of several runs trained in one job.
+          seed: run seed; batches are a function of (seed, step). `with_seed` gives the
+            batches of another seed over the same arrays (several runs in one job).
           mean, std: per-channel normalisation constants (0..1 pixel scale).
           augment: "cifar" (zero-pad 4, random crop, flip; also for None) or "none".
         """
@@ -178,8 +178,6 @@ class DeviceData:
         self.labels = jax.make_array_from_callback(
             labels.shape, replicated, lambda index: labels[index]
         )
-        # Several seeds (one run per seed in one job): batch(step) stacks one batch per seed.
-        self.num_seeds = None if np.ndim(seed) == 0 else len(seed)
         self._seed = jnp.asarray(seed, jnp.uint32)
         self._perm_epoch, self._permutation = None, None  # Cache of the current epoch's order.
         self._static = dict(
@@ -191,6 +189,13 @@ class DeviceData:
             sharding=self.batch_sharding,
         )
 
+    def with_seed(self, seed: int) -> "DeviceData":
+        """The same split (the arrays are shared, not copied) with the batches of `seed`."""
+        other = copy.copy(self)
+        other._seed = jnp.asarray(seed, jnp.uint32)
+        other._perm_epoch, other._permutation = None, None
+        return other
+
     def batch(self, step: int) -> dict[str, jax.Array]:
         """The batch of a global step: {"image": float32 (B, H, W, C), "label": int32 (B,),
         "index": int32 (B,) (each example's position in the split)}.
@@ -201,8 +206,6 @@ class DeviceData:
         step = int(step)
         epoch = step // self.steps_per_epoch
         step_array = jnp.asarray(step, jnp.int32)
-        if self.num_seeds is not None:
-            return self._seeds_batch(epoch, step_array)
         if epoch != self._perm_epoch:
             self._permutation = _permutation_fn(
                 self._seed,
@@ -215,29 +218,6 @@ class DeviceData:
         return _batch_fn(
             self.images, self.labels, self._permutation, self._seed, step_array, **self._static
         )
-
-    def _seeds_batch(self, epoch: int, step: jax.Array) -> dict[str, jax.Array]:
-        """(S, B, ...) batches: batch `step` of each seed's run, as `DeviceData(seed=k)`."""
-        if epoch != self._perm_epoch:
-            self._permutation = jnp.stack(
-                [
-                    _permutation_fn(
-                        seed,
-                        step,
-                        num_examples=self.num_examples,
-                        steps_per_epoch=self.steps_per_epoch,
-                        sharding=self.batch_sharding,
-                    )
-                    for seed in self._seed
-                ]
-            )
-            self._perm_epoch = epoch
-        batches = [
-            _batch_fn(self.images, self.labels, perm, seed, step, **self._static)
-            for perm, seed in zip(self._permutation, self._seed)
-        ]
-        stacked = NamedSharding(self.mesh, P(None, DATA_AXIS))
-        return jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *batches), stacked)
 
 
 def eval_batches(

@@ -11,6 +11,6 @@ Modules (one concept each; import them directly, this package imports nothing he
   data       static-shape train (multi-scale + flip, resumable) and eval batches.
   tiny_boxes builds the tiled Tiny-ImageNet boxes set (COCO format); CLI.
   fpn, rpn, roi_heads, rcnn (assembly), convert (detectron2 import), steps (train/eval steps).
-  distill    RoI-logit distillation step; task: the detection task of train.py's loop
-             (config.task = "detection").
+  distill    RoI-logit distillation step (the detection task of train.py's loop, for
+             config.task = "detection", is luminet_jax/tasks/detection.py).
 """

@@ -15,45 +15,23 @@ them in the ground truth, which keeps them), boxes are clipped to the image, emp
 import collections
 import dataclasses
 import functools
-import io
 import json
 import pathlib
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from luminet_jax.detection import tfds_coco
+from luminet_jax.detection import records, tfds_coco
 
 ASSETS = pathlib.Path(__file__).resolve().parents[2] / "assets"
 SAMPLE_ARCHIVE = "tiny-boxes-sample.tar.gz"
 KNOWN_SOURCES = ("coco_dir:<path>", "tiny_boxes_sample", "coco2017")
 
 
-@dataclasses.dataclass(frozen=True)
-class Record:
-    """One image's annotations: boxes x1y1x2y2 in original pixels, crowd boxes removed."""
-
-    image_id: int
-    file_name: str
-    height: int
-    width: int
-    boxes: np.ndarray  # (n, 4) float32
-    classes: np.ndarray  # (n,) int32 contiguous
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """A split of `size` images: `example(i)` -> (Record, uint8 (h, w, 3) RGB image); `gt()` the
-    COCO-format ground truth for `coco.evaluate_coco`; `records` all Records in image-id order
-    (None where only `example` reads them, as TFDS).
-    """
-
-    size: int
-    example: Callable[[int], tuple[Record, np.ndarray]]
-    gt: Callable[[], dict]
-    records: Sequence[Record] | None = None
+Record = records.Record
+Split = records.Split
+decode = records.decode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +51,6 @@ class DetectionSource:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-def decode(data: bytes) -> np.ndarray:
-    """JPEG/PNG bytes -> uint8 (h, w, 3) RGB, EXIF orientation applied (as detectron2)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
 def records_from_coco(gt: dict) -> list[Record]:

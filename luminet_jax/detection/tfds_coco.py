@@ -1,4 +1,4 @@
-"""TFDS `coco/2017` as a detection `sources.Split` (random access through `as_data_source`).
+"""TFDS `coco/2017` as a detection `records.Split` (random access through `as_data_source`).
 
 TensorFlow Datasets is imported lazily, only when this source is used. The dataset must be
 prepared in the array_record format (random access, so batches stay a pure function of the
@@ -12,6 +12,8 @@ import pathlib
 
 import numpy as np
 from PIL import Image
+
+from luminet_jax.detection import records
 
 NAME = "coco/2017"
 # COCO's 80 category ids in sorted order: TFDS labels 0..79 follow the json's categories, which
@@ -68,10 +70,8 @@ def _record(example, image_size, record_cls):
 
 
 def split(name: str, data_dir):
-    """`sources.Split` over TFDS split `name` ("train" or "validation")."""
+    """`records.Split` over TFDS split `name` ("train" or "validation")."""
     import tensorflow_datasets as tfds
-
-    from luminet_jax.detection import sources  # Lazy: sources imports this module.
 
     builder = _builder(data_dir)
     try:
@@ -84,8 +84,8 @@ def split(name: str, data_dir):
 
     def example(i):
         ex = source[i]
-        image = sources.decode(ex["image"])
-        return _record(ex, image.shape[:2], sources.Record), image
+        image = records.decode(ex["image"])
+        return _record(ex, image.shape[:2], records.Record), image
 
     @functools.cache
     def gt():
@@ -117,4 +117,4 @@ def split(name: str, data_dir):
         ]
         return {"images": images, "annotations": annotations, "categories": categories}
 
-    return sources.Split(len(source), example, gt, None)
+    return records.Split(len(source), example, gt, None)

@@ -1,11 +1,11 @@
 """The detection task: Faster R-CNN (and its distillation) for train.py's one loop.
 
-`config.task = "detection"` selects it (`luminet_jax.tasks`). `build(config, *, mesh, seeds)`
-returns a `tasks.Task`: the detector's initialization (optionally an ImageNet backbone),
-resumable static-shape batches (`detection.data`), the train step (`detection.steps` for a
-distiller without a teacher, `detection.distill` with one) and COCO box AP over the eval
-split (`detection.coco`, primary metric "AP"). Config sections (configs/tiny_boxes_frcnn.py,
-configs/coco_frcnn_r101_r18.py):
+`config.task = "detection"` selects it (`luminet_jax.tasks`). `build(config, *, mesh)`
+returns a `base.Task`: the detector's initialization (optionally an ImageNet backbone),
+resumable static-shape batches (`detection.data`), the train step (`detection.distill`'s,
+which is the plain detection step for a distiller without a teacher) and COCO box AP over
+the eval split (`detection.coco`, primary metric "AP"). Config sections
+(configs/tiny_boxes_frcnn.py, configs/coco_frcnn_r101_r18.py):
 
     dataset   name (`detection.sources`: "tiny_boxes_sample", "coco_dir:<path>", "coco2017"),
               data_dir, pad_size (H, W), max_gt, short_sides, max_size (train),
@@ -34,9 +34,10 @@ import jax.numpy as jnp
 from absl import logging
 from jax.sharding import PartitionSpec as P
 
-from luminet_jax import checkpoint, distillers, sharding, tasks
+from luminet_jax import checkpoint, distillers, sharding
 from luminet_jax import state as state_lib
-from luminet_jax.detection import coco, data, rcnn, sources, steps
+from luminet_jax.detection import coco, data, distill, rcnn, sources, steps
+from luminet_jax.tasks import base
 
 AXIS = sharding.DATA_AXIS
 # config.student / config.teacher keys that are not FasterRCNN fields.
@@ -49,8 +50,8 @@ def shard_predict(model: rcnn.FasterRCNN, mesh: Any, convert: Any = None):
     `convert(images, image_size)` first renormalizes the images (a teacher's own input)."""
     predict = steps.make_predict_step(model)
     if convert is not None:
-        base = predict
-        predict = lambda v, b: base(v, {**b, "image": convert(b["image"], b["image_size"])})  # noqa: E731
+        plain = predict
+        predict = lambda v, b: plain(v, {**b, "image": convert(b["image"], b["image_size"])})  # noqa: E731
     sharded = jax.shard_map(
         predict,
         mesh=mesh,
@@ -118,14 +119,33 @@ def _data_kwargs(ds: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return train, dict(common, short_side=ds.test_short_side, max_size=ds.test_max_size)
 
 
-def build(config: Any, *, mesh: Any, seeds: list[int]) -> tasks.Task:
+def check_names(config: Any) -> None:
+    """The student's, teacher's (when the distiller uses one) and distiller's names."""
+    distiller = distillers.get_distiller(**config.distiller)
+    names = [config.student.name] + ([config.teacher.name] if distiller.uses_teacher else [])
+    for name in names:
+        if name not in rcnn.DETECTORS:
+            raise KeyError(f"Unknown detector {name!r}; known: {sorted(rcnn.DETECTORS)}")
+
+
+def teacher_hint(config: Any, *, prog: str) -> str:
+    """A detection teacher: a detection run's workdir, an orbax dir or a detectron2 file."""
+    del config
+    return (
+        f"give a detection teacher run's workdir ({prog} --config coco_frcnn_teacher "
+        "--workdir T), an orbax directory of its variables (luminet_jax.detection.convert) or "
+        "a detectron2 model zoo .pkl / .pth."
+    )
+
+
+def build(config: Any, *, mesh: Any) -> base.Task:
     """The detection task of `config` (see the module docstring for its sections).
 
     Raises:
       ValueError: seeds in one job, a feature distiller, a training split smaller than one
         batch, a teacher checkpoint that does not match the teacher detector.
     """
-    if seeds:
+    if config.get("seeds", ""):
         raise ValueError(
             f"config.seeds={config.seeds!r}: several seeds in one job are not supported for "
             "detection; run one job per seed (--config.seed=K)."
@@ -157,8 +177,6 @@ def build(config: Any, *, mesh: Any, seeds: list[int]) -> tasks.Task:
 
     teacher, teacher_vars, teacher_input = None, None, None
     if uses_teacher:
-        from luminet_jax.detection import distill  # noqa: PLC0415  (the lead's module)
-
         t = config.teacher
         own = (t.get("mean", ds.mean), t.get("std", ds.std), t.get("bgr", ds.bgr))
         teacher_input = distill.pixel_converter((ds.mean, ds.std, ds.bgr), own)
@@ -167,15 +185,12 @@ def build(config: Any, *, mesh: Any, seeds: list[int]) -> tasks.Task:
             config.teacher.name, num_classes=num_classes, dtype=dtype, **t_fields
         )
         if not config.teacher.checkpoint:
-            raise ValueError(
-                f"{config.distiller.name} needs a teacher, but config.teacher.checkpoint is "
-                "empty (set --config.teacher.checkpoint=PATH)."
-            )
+            raise base.missing_teacher(config)
         logging.info("Loading teacher %s from %s", config.teacher.name, config.teacher.checkpoint)
         teacher_vars = load_detector_variables(config.teacher.checkpoint, teacher)
         teacher_vars = jax.device_put(teacher_vars, sharding.replicated(mesh))
 
-    tx, lr_fn = tasks.make_optimizer(config, steps_per_epoch)
+    tx, lr_fn = base.make_optimizer(config, steps_per_epoch)
 
     def init(seed, teacher_variables):
         del teacher_variables
@@ -187,28 +202,24 @@ def build(config: Any, *, mesh: Any, seeds: list[int]) -> tasks.Task:
     if config.student.get("backbone_checkpoint", ""):
         prepare_state = _backbone_loader(student, config.student.backbone_checkpoint, tx)
 
-    if uses_teacher:
-        train_step = distill.make_train_step(
-            student,
-            teacher,
-            distiller,
-            tx,
-            axis_name=AXIS,
-            lr_fn=lr_fn,
-            seed=config.seed,
-            steps_per_epoch=steps_per_epoch,
-            teacher_input=teacher_input,
-        )
-    else:
-        train_step = steps.make_train_step(
-            student, tx, axis_name=AXIS, lr_fn=lr_fn, seed=config.seed
-        )
+    # The plain detection step when the distiller has no teacher (vanilla).
+    train_step = distill.make_train_step(
+        student,
+        teacher,
+        distiller,
+        tx,
+        axis_name=AXIS,
+        lr_fn=lr_fn,
+        seed=config.seed,
+        steps_per_epoch=steps_per_epoch,
+        teacher_input=teacher_input,
+    )
 
-    def train_batches(start_step: int):
+    def train_batches(start_step: int, seed: int):
         it = data.make_train_iter(
             train_split,
             global_batch=config.batch_size,
-            seed=config.seed,
+            seed=seed,
             start_step=start_step,
             **train_kwargs,
         )
@@ -231,9 +242,10 @@ def build(config: Any, *, mesh: Any, seeds: list[int]) -> tasks.Task:
         t_predict = shard_predict(teacher, mesh, teacher_input)
         evaluate_teacher = lambda: coco.evaluate(t_predict, teacher_vars, eval_batches(), gt)  # noqa: E731
 
-    return tasks.Task(
+    return base.Task(
         metric="AP",
         steps_per_epoch=steps_per_epoch,
+        seed=config.seed,
         init=init,
         teacher_variables=teacher_vars,
         train_batches=train_batches,

@@ -1,0 +1,45 @@
+"""What every detection source yields: a `Split` of images with their `Record`s.
+
+The types shared by the sources (`detection.sources`: COCO-format folders, the shipped sample;
+`detection.tfds_coco`: TFDS coco/2017) and the batcher (`detection.data`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One image's annotations: boxes x1y1x2y2 in original pixels, crowd boxes removed."""
+
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+    boxes: np.ndarray  # (n, 4) float32
+    classes: np.ndarray  # (n,) int32 contiguous
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A split of `size` images: `example(i)` -> (Record, uint8 (h, w, 3) RGB image); `gt()` the
+    COCO-format ground truth for `coco.evaluate_coco`; `records` all Records in image-id order
+    (None where only `example` reads them, as TFDS).
+    """
+
+    size: int
+    example: Callable[[int], tuple[Record, np.ndarray]]
+    gt: Callable[[], dict]
+    records: Sequence[Record] | None = None
+
+
+def decode(data: bytes) -> np.ndarray:
+    """JPEG/PNG bytes -> uint8 (h, w, 3) RGB, EXIF orientation applied (as detectron2)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
