@@ -6,7 +6,9 @@
 (`luminet-convert` is `python -m luminet_jax.convert`.)
 
 The checkpoint may be a plain state_dict or a dict holding it under "model" (mdistiller's
-cifar_teachers) or "state_dict". torch is needed only here (an optional dependency).
+cifar_teachers) or "state_dict", in torch.save's zip or legacy format (read without torch,
+`luminet_jax.torch_files`), or a detectron2 `.pkl` for a detector (`--model
+faster_rcnn_r101_fpn`).
 The output is read back with `luminet_jax.checkpoint.load_teacher(out, model, num_classes=...)`.
 """
 
@@ -14,55 +16,26 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from luminet_jax import cli, models
-
-_WRAPPER_KEYS = ("model", "state_dict")
+from luminet_jax import cli, models, torch_files
 
 
 def load_torch_state_dict(path: str) -> dict[str, Any]:
-    """Loads a PyTorch checkpoint file and returns its state_dict (tensor values).
+    """A PyTorch checkpoint file's state_dict as NumPy arrays (`torch_files.load_state_dict`).
 
     Args:
-      path: a .pth/.pt/.tar file written by `torch.save`.
+      path: a .pth/.pt/.tar file written by `torch.save` (zip or legacy format).
 
     Returns:
       The state_dict: the file itself, or its "model" / "state_dict" entry.
 
     Raises:
       FileNotFoundError: when `path` is not a file.
-      ImportError: when torch is not installed.
-      ValueError: when the file cannot be read safely or holds no state_dict.
+      ValueError: when the file cannot be read or holds no state_dict.
     """
-    try:
-        import torch  # optional dependency, imported only when converting
-    except ImportError as e:
-        raise ImportError(
-            "Converting PyTorch checkpoints needs torch: pip install torch "
-            "(the CPU build is enough)."
-        ) from e
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No PyTorch checkpoint at {path!r}.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError and friends
-        raise ValueError(
-            f"Could not load {path!r} with torch.load(weights_only=True): {e}. If the file is "
-            "trusted, re-save its state_dict (torch.save(ckpt['model'], 'plain.pth')) and retry."
-        ) from e
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f"{path!r} holds a {type(ckpt).__name__}, not a state_dict.")
-    for wrapper in _WRAPPER_KEYS:
-        if isinstance(ckpt.get(wrapper), Mapping):
-            return dict(ckpt[wrapper])
-    if not all(hasattr(v, "shape") for v in ckpt.values()):
-        raise ValueError(
-            f"{path!r} is neither a state_dict nor a dict with one of {_WRAPPER_KEYS}; "
-            f"its keys are {sorted(ckpt)[:20]}"
-        )
-    return dict(ckpt)
+    return torch_files.load_state_dict(path)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -89,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         _convert(args)
-    except (*cli.KNOWN_ERRORS, ImportError) as e:
+    except cli.KNOWN_ERRORS as e:
         if cli.show_traceback():
             raise
         prog = cli.command("luminet_jax.convert", "luminet-convert")
