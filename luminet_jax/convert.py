@@ -2,13 +2,15 @@
 
     luminet-convert --model resnet32x4 --torch resnet32x4_vanilla/ckpt_epoch_240.pth \
         --out teachers/resnet32x4 [--num-classes 100]
+    luminet-convert --torch zoo:resnet32x4 --out teachers/resnet32x4
 
 (`luminet-convert` is `python -m luminet_jax.convert`.)
 
 The checkpoint may be a plain state_dict or a dict holding it under "model" (mdistiller's
 cifar_teachers) or "state_dict", in torch.save's zip or legacy format (read without torch,
 `luminet_jax.torch_files`), or a detectron2 `.pkl` for a detector (`--model
-faster_rcnn_r101_fpn`).
+faster_rcnn_r101_fpn`). `--torch zoo:NAME` takes a published teacher's file from the teacher
+zoo (`luminet-teachers`; downloaded and checked first if needed) and its model by default.
 The output is read back with `luminet_jax.checkpoint.load_teacher(out, model, num_classes=...)`.
 """
 
@@ -19,7 +21,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from luminet_jax import cli, models, torch_files
+from luminet_jax import cli, models, teachers, torch_files
 
 
 def load_torch_state_dict(path: str) -> dict[str, Any]:
@@ -44,8 +46,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="zoo name or alias, e.g. resnet32x4")
-    parser.add_argument("--torch", required=True, help="PyTorch checkpoint (.pth/.tar)")
+    parser.add_argument(
+        "--model", default=None, help="model name or alias, e.g. resnet32x4 (default for zoo:)"
+    )
+    parser.add_argument(
+        "--torch", required=True, help="PyTorch checkpoint (.pth/.tar), or zoo:NAME"
+    )
     parser.add_argument("--out", required=True, help="output orbax directory")
     parser.add_argument(
         "--num-classes",
@@ -72,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _convert(args: argparse.Namespace) -> None:
     from luminet_jax.detection import rcnn  # noqa: PLC0415
+
+    if teachers.is_zoo(args.torch):
+        _, entry = teachers.lookup(args.torch)
+        args.model = args.model or entry.model
+        args.torch = teachers.local_file(args.torch, option="--torch")
+    if not args.model:
+        raise ValueError("--model is required (unless --torch is zoo:NAME)")
 
     if args.model in rcnn.DETECTORS:  # a detectron2 checkpoint (model_final_*.pkl)
         from luminet_jax.detection import convert as detection_convert  # noqa: PLC0415
