@@ -243,8 +243,8 @@ def check_weights(name: str, teacher: Teacher, path: str) -> None:
     """Raises ValueError unless the checkpoint at `path` reads (without torch) and holds
     `teacher.params` weights."""
     state_dict = torch_files.load_state_dict(path)
-    kept = {k: v for k, v in state_dict.items() if not k.startswith(teacher.ignore or ("\0",))}
-    count = torch_files.parameter_count(kept)
+    ignored = [k for k in state_dict if teacher.ignore and k.startswith(teacher.ignore)]
+    count = torch_files.parameter_count({k: state_dict[k] for k in state_dict.keys() - ignored})
     if count != teacher.params:
         raise ValueError(
             f"it holds {count:,} weights where {name} ({teacher.model}) has {teacher.params:,}"

@@ -174,7 +174,8 @@ class _Unpickler(pickle.Unpickler):
         if self._storages is not None:
             if (module, name) in _TORCH_GLOBALS:
                 return _TORCH_GLOBALS[(module, name)]
-            if module == "torch" and name in _STORAGE_DTYPES:
+            # torch.cuda.XStorage: a GPU tensor in an old file (loaded to the host here).
+            if module in ("torch", "torch.cuda") and name in _STORAGE_DTYPES:
                 return _StorageType(name)
         if self._placeholders:
             return type(name, (_Placeholder,), {"qualname": f"{module}.{name}"})

@@ -39,7 +39,8 @@ from luminet_jax import (
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAR_PATH = "/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
-LEGACY = ("resnet56", "wrn_40_2", "resnet50_cifar")  # saved in torch's pre-1.6 format
+# Saved in torch's pre-1.6 format, from GPU tensors (as checkpoints of 2019 are).
+LEGACY = ("resnet56", "wrn_40_2", "resnet50_cifar")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def _tar(weights, names=None) -> bytes:
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name in names or [n for n, t in teacher_zoo.TEACHERS.items() if t.member]:
             ckpt = {"model": weights[name], "epoch": 240, "accuracy": np.float32(70.0)}
-            data = zoo_files.torch_bytes(ckpt, legacy=name in LEGACY)
+            data = zoo_files.torch_bytes(ckpt, legacy=name in LEGACY, cuda=name in LEGACY)
             info = tarfile.TarInfo(teacher_zoo.TEACHERS[name].member)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))

@@ -78,9 +78,12 @@ def test_torch_save_files_read_as_torch_load(tmp_path, legacy):
     assert torch_files.load_state_dict(path).keys() == expected["model"].keys()
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-def test_the_tests_writer_makes_files_torch_loads(tmp_path, legacy):
-    """tests/zoo_files.py writes the zoo tests' checkpoints in torch's own formats."""
+@pytest.mark.parametrize(
+    "legacy, cuda", [(False, False), (True, False), (True, True)], ids=["zip", "legacy", "gpu"]
+)
+def test_the_tests_writer_makes_files_torch_loads(tmp_path, legacy, cuda):
+    """tests/zoo_files.py writes the zoo tests' checkpoints in torch's own formats (`cuda`: a
+    legacy file of GPU tensors, as 2019's checkpoints are)."""
     torch = pytest.importorskip("torch")
     path = tmp_path / "ckpt.pth"
     pool = np.arange(50, dtype=np.float32)
@@ -90,18 +93,22 @@ def test_the_tests_writer_makes_files_torch_loads(tmp_path, legacy):
         "n": np.asarray(240, np.int64),
         "h": np.arange(3, dtype=np.float16),
     }
-    zoo_files.torch_save(path, {"model": model, "epoch": 240}, legacy=legacy)
-    expected = torch.load(path, weights_only=True)
+    path.write_bytes(
+        zoo_files.torch_bytes({"model": model, "epoch": 240}, legacy=legacy, cuda=cuda)
+    )
+    expected = torch.load(path, weights_only=True, map_location="cpu")
     _assert_equal(torch_files.read(path)["model"], expected["model"], torch)
     np.testing.assert_array_equal(expected["model"]["b"].numpy(), pool[7:19].reshape(3, 4))
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-def test_reads_without_torch(tmp_path, monkeypatch, legacy):
+@pytest.mark.parametrize(
+    "legacy, cuda", [(False, False), (True, False), (True, True)], ids=["zip", "legacy", "gpu"]
+)
+def test_reads_without_torch(tmp_path, monkeypatch, legacy, cuda):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     path = tmp_path / "ckpt.pth"
     weights = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.asarray(3, np.int64)}
-    zoo_files.torch_save(path, {"state_dict": weights}, legacy=legacy)
+    path.write_bytes(zoo_files.torch_bytes({"state_dict": weights}, legacy=legacy, cuda=cuda))
     got = torch_files.load_state_dict(path)
     np.testing.assert_array_equal(got["w"], weights["w"])
     assert got["n"].dtype == np.int64 and int(got["n"]) == 3

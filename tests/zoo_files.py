@@ -59,9 +59,9 @@ class _Global:
 
 
 class _Pickler(pickle._Pickler):  # the Python pickler: `save` can write a GLOBAL by name
-    def __init__(self, file, storages: list, legacy: bool):
+    def __init__(self, file, storages: list, legacy: bool, cuda: bool):
         super().__init__(file, protocol=2)
-        self.storages, self.legacy, self.keys = storages, legacy, {}
+        self.storages, self.legacy, self.cuda, self.keys = storages, legacy, cuda, {}
 
     def save(self, obj, save_persistent_id=True):
         if isinstance(obj, _Global):  # without importing torch
@@ -73,8 +73,9 @@ class _Pickler(pickle._Pickler):  # the Python pickler: `save` can write a GLOBA
         if id(flat) not in self.keys:
             self.keys[id(flat)] = str(len(self.storages))
             self.storages.append(flat)
-        pid = ("storage", _Global("torch", _STORAGES[flat.dtype.name]), self.keys[id(flat)])
-        return (*pid, "cpu", flat.size, *((None,) if self.legacy else ()))
+        module, location = ("torch.cuda", "cuda:0") if self.cuda else ("torch", "cpu")
+        pid = ("storage", _Global(module, _STORAGES[flat.dtype.name]), self.keys[id(flat)])
+        return (*pid, location, flat.size, *((None,) if self.legacy else ()))
 
     def persistent_id(self, obj):
         return self._storage(obj.flat_array) if isinstance(obj, _StorageRef) else None
@@ -104,11 +105,12 @@ class _StorageRef:
         self.flat_array = flat
 
 
-def torch_bytes(obj, *, legacy: bool = False) -> bytes:
-    """`obj` (containers of NumPy arrays / `View`s / plain values) as torch.save writes it."""
+def torch_bytes(obj, *, legacy: bool = False, cuda: bool = False) -> bytes:
+    """`obj` (containers of NumPy arrays / `View`s / plain values) as torch.save writes it;
+    `cuda`: as old torch wrote GPU tensors (`torch.cuda.FloatStorage`, location cuda:0)."""
     storages: list[np.ndarray] = []
     body = io.BytesIO()
-    _Pickler(body, storages, legacy).dump(obj)
+    _Pickler(body, storages, legacy, cuda).dump(obj)
     out = io.BytesIO()
     if legacy:
         for head in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
