@@ -90,14 +90,14 @@ def _entry(path: str, make: Callable[[str], None], ctx: _Context, *, what: str) 
     )
 
 
-def _manual(teacher: teacher_zoo.Teacher, url: str, option: str) -> str:
+def _manual(teacher: teacher_zoo.Teacher, option: str) -> str:
     source = teacher_zoo.SOURCES[teacher.source]
     if teacher.member:
         return (
-            f"download {url} elsewhere, `tar xf {source.file} {teacher.member}` and pass "
+            f"download it elsewhere, `tar xf {source.file} {teacher.member}` and pass "
             f"{option}=PATH/{teacher.member}"
         )
-    return f"download {url} elsewhere and pass {option}=PATH/{source.file}"
+    return f"download it elsewhere and pass {option}=PATH/{source.file}"
 
 
 def _source_file(name: str, teacher: teacher_zoo.Teacher, ctx: _Context) -> str:
@@ -112,7 +112,7 @@ def _source_file(name: str, teacher: teacher_zoo.Teacher, ctx: _Context) -> str:
         except downloads.DownloadError as e:
             raise downloads.DownloadError(
                 f"could not download {url} ({e}) into {final}; without network: "
-                f"{_manual(teacher, url, ctx.option)}, or put the file at {final} "
+                f"{_manual(teacher, ctx.option)}, or put the file at {final} "
                 "(luminet-teachers verify checks it)"
             ) from e
         try:

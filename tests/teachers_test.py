@@ -116,7 +116,7 @@ def _leaf(tree, *path):
     return np.asarray(tree)
 
 
-def test_fetch_converts_once_and_later_runs_need_no_network(zoo, weights):
+def test_fetch_converts_once_and_later_runs_need_no_network(zoo, weights, capsys):
     server, cache = zoo
     start = len(server.log)
     variables = checkpoint.load_teacher("zoo:resnet56", "resnet56", num_classes=100)
@@ -145,6 +145,14 @@ def test_fetch_converts_once_and_later_runs_need_no_network(zoo, weights):
     np.testing.assert_array_equal(
         _leaf(checkpoint.load_variables(out), "params", "fc", "kernel"), fc
     )
+    # The manual alternative to the zoo: the checkpoint file itself as the teacher.
+    by_hand = checkpoint.load_teacher(
+        teachers.local_file("zoo:resnet56"), "resnet56", num_classes=100
+    )
+    np.testing.assert_array_equal(_leaf(by_hand, "params", "fc", "kernel"), fc)
+    with pytest.raises(SystemExit) as exit_info:
+        teachers.main(["path", "resnet56"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.endswith("\n" + converted + "\n")
     results = dict((name, (ok, text)) for name, ok, text in teachers.verify(cache=cache))
     assert results["resnet56"][0] and "861,620 weights" in results["resnet56"][1]
     assert results["resnet18"] == (True, "not cached")
@@ -260,6 +268,47 @@ def test_only_process_0_downloads(zoo, monkeypatch):
     p0 = teachers.local_file("zoo:resnet32x4", process_index=0)
     waiter.join(timeout=300)
     assert result["p1"] == p0 and _gets(server, TAR_PATH, start) == [None]
+
+
+def test_a_crashed_fetch_leaves_nothing_in_the_way(zoo):
+    """A process killed while holding an entry's lock, with a half-written entry: the lock
+    file stays but binds no one, and the half-written file is neither used nor kept."""
+    _, cache = zoo
+    root = teacher_cache.Cache(cache)
+    extracted = root.extracted("resnet56")
+    os.makedirs(os.path.dirname(extracted))
+    half = extracted + ".tmp-otherhost-123"
+    with open(half, "wb") as f:
+        f.write(b"half a checkpoint")
+    code = (
+        "import sys, time; from luminet_jax import downloads\n"
+        "with downloads.lock(sys.argv[1], what='a test'):\n"
+        "    print('held', flush=True); time.sleep(600)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, root.lock(extracted)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline() == "held\n"
+    holder.kill()
+    holder.wait(timeout=60)
+    assert os.path.exists(root.lock(extracted))
+    assert teachers.local_file("zoo:resnet56") == extracted
+    assert not os.path.exists(half)
+    assert torch_files.parameter_count(torch_files.load_state_dict(extracted)) == 861_620
+
+
+def test_fetch_of_several_names_reports_each(zoo, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        teachers.main(["fetch", "resnet56", "resnet34"])  # resnet34 is not served: HTTP 404
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["resnet56", teacher_cache.Cache(zoo[1]).converted("resnet56", 100)]
+    assert out[1].startswith("resnet34") and "FAILED: could not download" in out[1]
+    assert "HTTP 404" in out[1]
 
 
 def test_offline_ends_with_one_line_url_cache_path_and_what_to_do(zoo, monkeypatch, capsys):
