@@ -1,6 +1,7 @@
 """The published teachers the zoo knows (`zoo:NAME`): where each file is and how it is checked.
 
-Data only; `luminet_jax.teachers` fetches, checks, converts and caches them. Names are the
+The entries and the checks of their files (no network, no jax); `luminet_jax.teachers`
+fetches, converts and caches them. Names are the
 model names of DESIGN.md section 2 for classifiers and the `detection.rcnn.DETECTORS` keys for
 detectors; `msra_r50` / `msra_r101` are the ImageNet backbones detectron2's detectors start
 from (for `config.student.backbone_checkpoint`; `resnet18` serves the R-18 student so too).
