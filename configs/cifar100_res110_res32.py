@@ -2,11 +2,11 @@
 
 Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls, and the feature-based
 fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd. Teacher: mdistiller's
-cifar_teachers/resnet110_vanilla checkpoint (top-1 74.31), converted to .npz/orbax
-or an earlier `configs/cifar100_teacher.py:resnet110` workdir.
+cifar_teachers/resnet110_vanilla checkpoint (top-1 74.31), by default
+`zoo:resnet110` (fetched, checked and converted once by the teacher zoo: luminet-teachers), or
+an earlier `configs/cifar100_teacher.py:resnet110` workdir (--config.teacher.checkpoint=W).
 
-python -m luminet_jax.main --config configs/cifar100_res110_res32.py:method=luminet \
-    --config.teacher.checkpoint=TEACHER --workdir W
+python -m luminet_jax.main --config configs/cifar100_res110_res32.py:method=luminet --workdir W
 
 Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
 LumiNet 74.20; KD 73.08; DKD 74.11; vanilla 71.14 (KD/DKD/vanilla as reported in the DKD paper).

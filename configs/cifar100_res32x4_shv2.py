@@ -2,11 +2,11 @@
 
 Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls, and the feature-based
 fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd. Teacher: mdistiller's
-cifar_teachers/resnet32x4_vanilla checkpoint (top-1 79.42), converted to .npz/orbax
-or an earlier `configs/cifar100_teacher.py:resnet32x4` workdir.
+cifar_teachers/resnet32x4_vanilla checkpoint (top-1 79.42), by default
+`zoo:resnet32x4` (fetched, checked and converted once by the teacher zoo: luminet-teachers), or
+an earlier `configs/cifar100_teacher.py:resnet32x4` workdir (--config.teacher.checkpoint=W).
 
-python -m luminet_jax.main --config configs/cifar100_res32x4_shv2.py:method=luminet \
-    --config.teacher.checkpoint=TEACHER --workdir W
+python -m luminet_jax.main --config configs/cifar100_res32x4_shv2.py:method=luminet --workdir W
 
 Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
 LumiNet 77.55; KD 74.45; DKD 77.07; vanilla 71.82 (KD/DKD/vanilla as reported in the DKD paper).

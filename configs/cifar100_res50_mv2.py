@@ -2,11 +2,11 @@
 
 Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls, and the feature-based
 fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd. Teacher: mdistiller's
-cifar_teachers/ResNet50_vanilla checkpoint (top-1 79.34), converted to .npz/orbax
-or an earlier `configs/cifar100_teacher.py:resnet50_cifar` workdir.
+cifar_teachers/ResNet50_vanilla checkpoint (top-1 79.34), by default
+`zoo:resnet50_cifar` (fetched, checked and converted once by the teacher zoo: luminet-teachers), or
+an earlier `configs/cifar100_teacher.py:resnet50_cifar` workdir (--config.teacher.checkpoint=W).
 
-python -m luminet_jax.main --config configs/cifar100_res50_mv2.py:method=luminet \
-    --config.teacher.checkpoint=TEACHER --workdir W
+python -m luminet_jax.main --config configs/cifar100_res50_mv2.py:method=luminet --workdir W
 
 Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
 LumiNet 70.97; KD 67.35; DKD 70.35; vanilla 64.60 (KD/DKD/vanilla as reported in the DKD paper).

@@ -2,11 +2,11 @@
 
 Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls, dml, and the feature-based
 fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd, crd, crd_kd. Teacher: mdistiller's
-cifar_teachers/resnet56_vanilla checkpoint (top-1 72.34), converted to .npz/orbax
-or an earlier `configs/cifar100_teacher.py:resnet56` workdir.
+cifar_teachers/resnet56_vanilla checkpoint (top-1 72.34), by default
+`zoo:resnet56` (fetched, checked and converted once by the teacher zoo: luminet-teachers), or
+an earlier `configs/cifar100_teacher.py:resnet56` workdir (--config.teacher.checkpoint=W).
 
-python -m luminet_jax.main --config configs/cifar100_res56_res20.py:method=luminet \
-    --config.teacher.checkpoint=TEACHER --workdir W
+python -m luminet_jax.main --config configs/cifar100_res56_res20.py:method=luminet --workdir W
 
 Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
 LumiNet 72.29; KD 70.66; DKD 71.97; vanilla 69.06 (KD/DKD/vanilla as reported in the DKD paper).

@@ -2,11 +2,11 @@
 
 Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls, and the feature-based
 fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd. Teacher: mdistiller's
-cifar_teachers/vgg13_vanilla checkpoint (top-1 74.64), converted to .npz/orbax
-or an earlier `configs/cifar100_teacher.py:vgg13` workdir.
+cifar_teachers/vgg13_vanilla checkpoint (top-1 74.64), by default
+`zoo:vgg13` (fetched, checked and converted once by the teacher zoo: luminet-teachers), or
+an earlier `configs/cifar100_teacher.py:vgg13` workdir (--config.teacher.checkpoint=W).
 
-python -m luminet_jax.main --config configs/cifar100_vgg13_mv2.py:method=luminet \
-    --config.teacher.checkpoint=TEACHER --workdir W
+python -m luminet_jax.main --config configs/cifar100_vgg13_mv2.py:method=luminet --workdir W
 
 Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
 LumiNet 70.50; KD 67.37; DKD 69.71; vanilla 64.60 (KD/DKD/vanilla as reported in the DKD paper).

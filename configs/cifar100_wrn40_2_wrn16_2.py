@@ -2,11 +2,11 @@
 
 Methods: vanilla, kd, dkd, luminet (default), kd_ls, dkd_ls, and the feature-based
 fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd. Teacher: mdistiller's
-cifar_teachers/wrn_40_2_vanilla checkpoint (top-1 75.61), converted to .npz/orbax
-or an earlier `configs/cifar100_teacher.py:wrn_40_2` workdir.
+cifar_teachers/wrn_40_2_vanilla checkpoint (top-1 75.61), by default
+`zoo:wrn_40_2` (fetched, checked and converted once by the teacher zoo: luminet-teachers), or
+an earlier `configs/cifar100_teacher.py:wrn_40_2` workdir (--config.teacher.checkpoint=W).
 
-python -m luminet_jax.main --config configs/cifar100_wrn40_2_wrn16_2.py:method=luminet \
-    --config.teacher.checkpoint=TEACHER --workdir W
+python -m luminet_jax.main --config configs/cifar100_wrn40_2_wrn16_2.py:method=luminet --workdir W
 
 Expected best test top-1 of the student after 240 epochs (papers, mean of runs):
 LumiNet 76.38; KD 74.92; DKD 76.24; vanilla 73.26 (KD/DKD/vanilla as reported in the DKD paper).

@@ -8,17 +8,18 @@ RoI box head's class logits, the teacher run on the student's sampled RoIs
 cross-entropy is already the detector's loss).
 
 python -m luminet_jax.main --config configs/coco_frcnn_r101_r18.py:method=luminet \
-    --config.teacher.checkpoint=model_final_f6e8b1.pkl \
-    --config.student.backbone_checkpoint=R-18.pth \
     --config.dataset.data_dir=TFDS_DIR --workdir W
 
-Teacher: detectron2's model zoo faster_rcnn_R_101_FPN_3x (`model_final_f6e8b1.pkl`, 42.0 AP)
-or a detection run's workdir (configs/coco_frcnn_teacher.py, trained with the same BGR input);
+Teacher: detectron2's model zoo faster_rcnn_R_101_FPN_3x (`model_final_f6e8b1.pkl`, 42.0 AP),
+by default `zoo:faster_rcnn_r101_fpn` (fetched and checked once by the teacher zoo:
+luminet-teachers), or --config.teacher.checkpoint=PATH: that .pkl or a detection run's
+workdir (configs/coco_frcnn_teacher.py, trained with the same BGR input);
 its images are renormalized from the student's RGB ones in the step (config.teacher.mean /
 std / bgr; for a teacher trained on RGB input set --config.teacher.bgr=false and its std).
-Student backbone: torchvision's ImageNet ResNet-18 (.pth, converted as detectron2's
-convert-torchvision-to-d2 does). COCO from TFDS `coco/2017` (array_record), or
-`--config.dataset.name=coco_dir:/data/coco`.
+Student backbone: torchvision's ImageNet ResNet-18, by default `zoo:resnet18`
+(`resnet18-f37072fd.pth`, converted as detectron2's convert-torchvision-to-d2 does;
+--config.student.backbone_checkpoint=PATH gives another one). COCO from TFDS `coco/2017`
+(array_record, a manual download), or `--config.dataset.name=coco_dir:/data/coco`.
 
 Methods: vanilla, kd, dkd, luminet (default). DKD: alpha 1, beta 0.25, T 1, no warmup
 (mdistiller's). LumiNet: alpha 2, T 0.7, its ImageNet values: its detection hyperparameters
@@ -41,7 +42,7 @@ def get_config(arg=None):
     config = common.detection()  # batch 8, lr 0.01, 180k its, steps 120k/160k, warmup 1000
     config.student = dict(
         name="faster_rcnn_r18_fpn",
-        backbone_checkpoint="",
+        backbone_checkpoint="zoo:resnet18",
         # torchvision's R-18 (BasicBlocks: the stride sits on the 3x3 either way).
         stride_in_1x1=False,
     )
@@ -49,7 +50,7 @@ def get_config(arg=None):
     # RGB order as the dataset's); the student's are torchvision's (the dataset section).
     config.teacher = dict(
         name="faster_rcnn_r101_fpn",
-        checkpoint="",
+        checkpoint="zoo:faster_rcnn_r101_fpn",
         stride_in_1x1=True,
         mean=common.detection().dataset.mean,
         std=(1.0, 1.0, 1.0),

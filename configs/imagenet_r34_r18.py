@@ -1,9 +1,11 @@
 """ResNet34 -> ResNet18 on ImageNet-1k (DESIGN.md section 3).
 
-Teacher: torchvision's pretrained resnet34 (73.31), converted to .npz or orbax.
+Teacher: torchvision's pretrained resnet34 (73.31), by default `zoo:resnet34` (fetched, checked
+and converted once by the teacher zoo: luminet-teachers); --config.teacher.checkpoint=PATH
+gives another one. ImageNet itself is a manual download (TFDS imagenet2012).
 
 python -m luminet_jax.main --config configs/imagenet_r34_r18.py:method=luminet \
-    --config.teacher.checkpoint=TEACHER --config.dataset.data_dir=TFDS_DIR --workdir W
+    --config.dataset.data_dir=TFDS_DIR --workdir W
 
 Expected best top-1 of the student after 100 epochs: LumiNet 71.78 (paper; 72.16 in the
 TMLR version); KD 70.66, DKD 71.70, vanilla 69.75 (DKD paper). Feature-based rows of Table 2:
@@ -51,7 +53,7 @@ def get_config(arg=None):
     arg = common.parse_arg(arg, method="luminet")
     config = common.imagenet()  # batch 512, lr 0.2, 100 epochs, decay 30/60/90, wd 1e-4
     config.student = dict(name="resnet18")
-    config.teacher = dict(name="resnet34", checkpoint="")
+    config.teacher = dict(name="resnet34", checkpoint="zoo:resnet34")
     config.distiller = dict(_METHODS[arg.method])
     if arg.method in _RECIPES:
         config.batch_size, config.schedule.base_lr = _RECIPES[arg.method]

@@ -1,9 +1,11 @@
 """ResNet50 -> MobileNetV1 on ImageNet-1k (DESIGN.md section 3).
 
-Teacher: torchvision's pretrained resnet50 (76.16), converted to .npz or orbax.
+Teacher: torchvision's pretrained resnet50 (76.13), by default `zoo:resnet50` (fetched, checked
+and converted once by the teacher zoo: luminet-teachers); --config.teacher.checkpoint=PATH
+gives another one. ImageNet itself is a manual download (TFDS imagenet2012).
 
 python -m luminet_jax.main --config configs/imagenet_r50_mv1.py:method=luminet \
-    --config.teacher.checkpoint=TEACHER --config.dataset.data_dir=TFDS_DIR --workdir W
+    --config.dataset.data_dir=TFDS_DIR --workdir W
 
 Expected best top-1 of the student after 100 epochs: LumiNet 72.55 (paper); KD 68.58,
 DKD 72.05, vanilla 68.87 (DKD paper). Feature-based rows of Table 2: at, ofd, reviewkd
@@ -52,7 +54,7 @@ def get_config(arg=None):
     config.batch_size = 256
     config.schedule.base_lr = 0.1
     config.student = dict(name="mobilenet_v1")
-    config.teacher = dict(name="resnet50", checkpoint="")
+    config.teacher = dict(name="resnet50", checkpoint="zoo:resnet50")
     config.distiller = dict(_METHODS[arg.method])
     if arg.method in _RECIPES:
         config.batch_size, config.schedule.base_lr = _RECIPES[arg.method]

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 CKPT_SUBDIR = "ckpt"
 _DELETE_HINT = "If it is corrupt or incomplete (e.g. an interrupted save), delete that directory."
 _MAX_CAUSE_CHARS = 300  # tensorstore errors embed their whole spec
+_TORCH_SUFFIXES = (".pth", ".pt")  # teacher files read by torch_files
 
 # Off GPU, orbax saves each array "replica-parallel" by default, which compiles a slicing
 # program per array on the first save (20-40 s for a small ResNet's state on CPU). One
@@ -261,7 +262,9 @@ def load_teacher(
     Args:
       path: one of (1) a directory written by `save_variables`; (2) a training workdir,
         whose latest checkpoint's params and batch_stats are taken; (3) a `.npz` of
-        PyTorch-keyed arrays (the reference's state_dict), converted by `models.from_torch`.
+        PyTorch-keyed arrays (the reference's state_dict) or a PyTorch checkpoint file
+        (`.pth`/`.pt`, read without torch), converted by `models.from_torch`; (4) `zoo:NAME`,
+        a published teacher (`luminet_jax.teachers`: fetched, converted and cached once).
       model_name: the teacher's model name (as `models.get_model`).
       num_classes: the classifier size.
       image_size: the input size the teacher runs at (default: `models.input_size`).
@@ -274,22 +277,29 @@ def load_teacher(
       FileNotFoundError: `path` does not exist or the workdir has no checkpoint.
       ValueError: an entry is missing, unexpected or of the wrong shape for the model.
     """
-    path = os.path.abspath(os.fspath(path))
+    from luminet_jax import teachers  # noqa: PLC0415  (zoo:NAME -> the converted variables)
+
+    path = teachers.resolve(os.fspath(path), model=model_name, num_classes=num_classes)
+    path = os.path.abspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"Teacher checkpoint {path} does not exist (expected a save_variables directory, "
-            "a training workdir or a .npz of PyTorch-keyed arrays)."
+            "a training workdir, a .npz of PyTorch-keyed arrays, a PyTorch .pth or zoo:NAME)."
         )
     if os.path.isfile(path):
-        if not path.endswith(".npz"):
-            raise ValueError(
-                f"Teacher file {path} is not a .npz; convert a PyTorch checkpoint with "
-                "numpy.savez(path, **state_dict) first."
-            )
-        from luminet_jax import models
+        from luminet_jax import models, torch_files
 
-        with np.load(path) as npz:
-            variables = models.from_torch(model_name, dict(npz), num_classes=num_classes)
+        if path.endswith(".npz"):
+            with np.load(path) as npz:
+                state_dict = dict(npz)
+        elif path.endswith(_TORCH_SUFFIXES):
+            state_dict = torch_files.load_state_dict(path)
+        else:
+            raise ValueError(
+                f"Teacher file {path} is neither a .npz of PyTorch-keyed arrays nor a PyTorch "
+                f"checkpoint ({', '.join(_TORCH_SUFFIXES)})."
+            )
+        variables = models.from_torch(model_name, state_dict, num_classes=num_classes)
     elif os.path.isdir(os.path.join(path, CKPT_SUBDIR)):
         ckpt = Checkpointer(path)
         try:

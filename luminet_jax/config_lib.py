@@ -22,8 +22,9 @@ Every config has the same top-level sections (read by `luminet_jax/train.py` and
                       persistent compilation cache (read by main only)
     student           get_model kwargs: name (+ model fields); num_classes/dtype/axis_name
                       are filled in by the trainer
-    teacher           name and checkpoint (a converted orbax dir, a PyTorch-keyed .npz, or an
-                      earlier run's workdir); several comma-separated names and as many
+    teacher           name and checkpoint (a converted orbax dir, a PyTorch-keyed .npz or .pth,
+                      an earlier run's workdir, or zoo:NAME, a published teacher fetched by
+                      luminet_jax.teachers); several comma-separated names and as many
                       comma-separated checkpoints make an ensemble (mean of their logits);
                       further keys are model fields (e.g. patch_size); unused by vanilla
     distiller         get_distiller kwargs, including name
@@ -195,8 +196,9 @@ def cifar100_pair(
         raise ValueError(f"Unknown method {arg.method!r}; this file defines {sorted(methods)}")
     config = base()
     config.student = dict(name=student)
-    # Set the checkpoint per machine: --config.teacher.checkpoint=PATH (see README).
-    config.teacher = dict(name=teacher, checkpoint="")
+    # The published teacher from the teacher zoo (luminet_jax/teachers.py), fetched when a
+    # run that uses it starts; --config.teacher.checkpoint=PATH gives another one.
+    config.teacher = dict(name=teacher, checkpoint=f"zoo:{teacher}")
     config.distiller = dict(methods[arg.method])
     config.schedule.base_lr = base_lr
     return config

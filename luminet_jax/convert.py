@@ -2,11 +2,15 @@
 
     luminet-convert --model resnet32x4 --torch resnet32x4_vanilla/ckpt_epoch_240.pth \
         --out teachers/resnet32x4 [--num-classes 100]
+    luminet-convert --torch zoo:resnet32x4 --out teachers/resnet32x4
 
 (`luminet-convert` is `python -m luminet_jax.convert`.)
 
 The checkpoint may be a plain state_dict or a dict holding it under "model" (mdistiller's
-cifar_teachers) or "state_dict". torch is needed only here (an optional dependency).
+cifar_teachers) or "state_dict", in torch.save's zip or legacy format (read without torch,
+`luminet_jax.torch_files`), or a detectron2 `.pkl` for a detector (`--model
+faster_rcnn_r101_fpn`). `--torch zoo:NAME` takes a published teacher's file from the teacher
+zoo (`luminet-teachers`; downloaded and checked first if needed) and its model by default.
 The output is read back with `luminet_jax.checkpoint.load_teacher(out, model, num_classes=...)`.
 """
 
@@ -14,55 +18,26 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from luminet_jax import cli, models
-
-_WRAPPER_KEYS = ("model", "state_dict")
+from luminet_jax import cli, models, teachers, torch_files
 
 
 def load_torch_state_dict(path: str) -> dict[str, Any]:
-    """Loads a PyTorch checkpoint file and returns its state_dict (tensor values).
+    """A PyTorch checkpoint file's state_dict as NumPy arrays (`torch_files.load_state_dict`).
 
     Args:
-      path: a .pth/.pt/.tar file written by `torch.save`.
+      path: a .pth/.pt/.tar file written by `torch.save` (zip or legacy format).
 
     Returns:
       The state_dict: the file itself, or its "model" / "state_dict" entry.
 
     Raises:
       FileNotFoundError: when `path` is not a file.
-      ImportError: when torch is not installed.
-      ValueError: when the file cannot be read safely or holds no state_dict.
+      ValueError: when the file cannot be read or holds no state_dict.
     """
-    try:
-        import torch  # optional dependency, imported only when converting
-    except ImportError as e:
-        raise ImportError(
-            "Converting PyTorch checkpoints needs torch: pip install torch "
-            "(the CPU build is enough)."
-        ) from e
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No PyTorch checkpoint at {path!r}.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError and friends
-        raise ValueError(
-            f"Could not load {path!r} with torch.load(weights_only=True): {e}. If the file is "
-            "trusted, re-save its state_dict (torch.save(ckpt['model'], 'plain.pth')) and retry."
-        ) from e
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f"{path!r} holds a {type(ckpt).__name__}, not a state_dict.")
-    for wrapper in _WRAPPER_KEYS:
-        if isinstance(ckpt.get(wrapper), Mapping):
-            return dict(ckpt[wrapper])
-    if not all(hasattr(v, "shape") for v in ckpt.values()):
-        raise ValueError(
-            f"{path!r} is neither a state_dict nor a dict with one of {_WRAPPER_KEYS}; "
-            f"its keys are {sorted(ckpt)[:20]}"
-        )
-    return dict(ckpt)
+    return torch_files.load_state_dict(path)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -71,8 +46,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="zoo name or alias, e.g. resnet32x4")
-    parser.add_argument("--torch", required=True, help="PyTorch checkpoint (.pth/.tar)")
+    parser.add_argument(
+        "--model", default=None, help="model name or alias, e.g. resnet32x4 (default for zoo:)"
+    )
+    parser.add_argument(
+        "--torch", required=True, help="PyTorch checkpoint (.pth/.tar), or zoo:NAME"
+    )
     parser.add_argument("--out", required=True, help="output orbax directory")
     parser.add_argument(
         "--num-classes",
@@ -89,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         _convert(args)
-    except (*cli.KNOWN_ERRORS, ImportError) as e:
+    except cli.KNOWN_ERRORS as e:
         if cli.show_traceback():
             raise
         prog = cli.command("luminet_jax.convert", "luminet-convert")
@@ -99,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _convert(args: argparse.Namespace) -> None:
     from luminet_jax.detection import rcnn  # noqa: PLC0415
+
+    if teachers.is_zoo(args.torch):
+        _, entry = teachers.lookup(args.torch)
+        args.model = args.model or entry.model
+        args.torch = teachers.local_file(args.torch, option="--torch")
+    if not args.model:
+        raise ValueError("--model is required (unless --torch is zoo:NAME)")
 
     if args.model in rcnn.DETECTORS:  # a detectron2 checkpoint (model_final_*.pkl)
         from luminet_jax.detection import convert as detection_convert  # noqa: PLC0415

@@ -179,11 +179,12 @@ def preflight(config, *, config_name: str = "", prog: str = "luminet-train") -> 
 
     Raises:
       ValueError: an unknown config.task.
-      KeyError: an unknown model or distiller name (the message lists the known ones).
+      KeyError: an unknown model, distiller or zoo teacher name (the message lists the
+        known ones).
       TypeError: a hyperparameter the distiller does not take.
       cli.UserError: a teacher checkpoint that is not set or does not exist.
     """
-    from luminet_jax import distillers, tasks  # noqa: PLC0415
+    from luminet_jax import distillers, tasks, teachers  # noqa: PLC0415
 
     tasks.check_names(config)  # the task's model names (classifiers, or detectors)
     distiller = distillers.get_distiller(**config.distiller)
@@ -198,7 +199,9 @@ def preflight(config, *, config_name: str = "", prog: str = "luminet-train") -> 
             hint,
         )
     for path in paths:
-        if not os.path.exists(path):
+        if teachers.is_zoo(path):  # fetched when the run loads it
+            teachers.lookup(path)  # a KeyError listing the zoo's names
+        elif not os.path.exists(path):
             raise cli.UserError(f"teacher checkpoint {path} does not exist.", hint)
 
 

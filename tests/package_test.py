@@ -21,7 +21,13 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-SCRIPTS = ("luminet-train", "luminet-convert", "luminet-quickstart", "luminet-report")
+SCRIPTS = (
+    "luminet-train",
+    "luminet-convert",
+    "luminet-quickstart",
+    "luminet-report",
+    "luminet-teachers",
+)
 _SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md")
 
 
@@ -142,6 +148,8 @@ def test_fresh_install_runs_from_any_directory(tmp_path):
     assert "--config" in result.stdout and "--workdir" in result.stdout, result.stdout
     result = _run([str(venv / "bin" / "luminet-convert"), "--help"], empty)
     assert result.returncode == 0 and "--torch" in result.stdout, result.stdout
+    result = _run([str(venv / "bin" / "luminet-teachers"), "list"], empty)
+    assert result.returncode == 0 and "\nresnet32x4 " in result.stdout, result.stdout
     result = _run(
         [str(venv / "bin" / "python"), "-m", "luminet_jax.quickstart", "--epochs", "1",
          f"--workdir={tmp_path / 'qs'}"], empty,

@@ -175,11 +175,11 @@ def test_convert_loads_plain_and_wrapped_state_dicts(tmp_path):
         convert.load_torch_state_dict(str(path))
 
 
-def test_convert_without_torch_gives_clear_error(tmp_path, monkeypatch):
+def test_convert_reads_torch_files_without_torch(tmp_path, monkeypatch):
     from luminet_jax import convert
 
     path = tmp_path / "c.pth"
-    torch.save({"a.weight": torch.ones(1)}, path)
+    torch.save({"a.weight": torch.arange(3.0)}, path)
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
-    with pytest.raises(ImportError, match="pip install torch"):
-        convert.load_torch_state_dict(str(path))
+    loaded = convert.load_torch_state_dict(str(path))  # luminet_jax.torch_files: no torch
+    np.testing.assert_array_equal(loaded["a.weight"], [0.0, 1.0, 2.0])

@@ -16,7 +16,8 @@ Checkpoint keys without a variable that are ignored: `*num_batches_tracked`, `pi
 
 Files: the model zoo's `model_final_*.pkl` (a pickle {"model": {name: ndarray}, "__author__",
 ...}, read with an unpickler that admits only numpy arrays and plain containers), a
-detectron2 training output `.pth` ({"model": state_dict}), or a plain state_dict.
+detectron2 training output `.pth` ({"model": state_dict}), or a plain state_dict; all read
+without torch (`luminet_jax.torch_files`).
 
 ImageNet backbones (`load_backbone`): torchvision's ResNet state_dicts (renamed as detectron2's
 tools/convert-torchvision-to-d2.py does; R-50/101 from torchvision need
@@ -27,9 +28,7 @@ mean 0 / var 1 as detectron2's FrozenBatchNorm loads them), or detectron2-named 
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from luminet_jax import torch_files
 from luminet_jax.detection import rcnn
 from luminet_jax.models import torch_convert
 
@@ -242,47 +242,23 @@ def load_backbone(
 # ---- files -------------------------------------------------------------------------------
 
 
-class _NumpyUnpickler(pickle.Unpickler):
-    """Admits only numpy arrays/dtypes and plain containers (model zoo pickles need no more)."""
-
-    _ALLOWED = {
-        ("collections", "OrderedDict"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a checkpoint pickle")
-
-
 def load_pickle(path: str) -> dict[str, np.ndarray]:
-    """A detectron2 model zoo / C2 `.pkl` -> {name: ndarray} (its "model" or "blobs" entry)."""
+    """A detectron2 model zoo / C2 `.pkl` -> {name: ndarray} (its "model" or "blobs" entry).
+
+    Raises:
+      FileNotFoundError: no file at `path`.
+      pickle.UnpicklingError: the pickle names anything but NumPy arrays and containers.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint at {path!r}.")
-    with open(path, "rb") as f:
-        data = _NumpyUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path!r} holds a {type(data).__name__}, not a dict of arrays")
-    for wrapper in ("model", "blobs"):
-        if isinstance(data.get(wrapper), Mapping):
-            data = data[wrapper]
-            break
-    return {k: np.asarray(v) for k, v in data.items() if not k.endswith("_momentum")}
+    return torch_files.state_dict_of(torch_files.read_pickle(path), source=repr(path))
 
 
-def load_state_dict(path: str) -> dict[str, Any]:
-    """A `.pkl` (`load_pickle`) or a torch file (`luminet_jax.convert.load_torch_state_dict`)."""
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A `.pkl` (`load_pickle`) or a torch file (`torch_files.load_state_dict`, no torch)."""
     if path.endswith(".pkl"):
         return load_pickle(path)
-    from luminet_jax import convert as torch_files  # torch is optional; imported lazily
-
-    return torch_files.load_torch_state_dict(path)
+    return torch_files.load_state_dict(path)
 
 
 def convert_file(name: str, path: str, out: str, *, num_classes: int = 80, **fields) -> str:

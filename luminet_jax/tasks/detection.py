@@ -63,15 +63,17 @@ def shard_predict(model: rcnn.FasterRCNN, mesh: Any, convert: Any = None):
 
 
 def load_detector_variables(path: str, model: rcnn.FasterRCNN) -> dict[str, Any]:
-    """{"params", "frozen"} of `model` from a detection workdir, an orbax dir or a detectron2 file.
+    """{"params", "frozen"} of `model` from a detection workdir, an orbax dir, a detectron2 file
+    or `zoo:NAME` (`luminet_jax.teachers`).
 
     Raises:
       FileNotFoundError: `path` does not exist.
       ValueError: an entry is missing, unexpected or of the wrong shape for `model`.
     """
+    from luminet_jax import teachers  # noqa: PLC0415
     from luminet_jax.detection import convert  # noqa: PLC0415
 
-    path = os.path.abspath(path)
+    path = os.path.abspath(teachers.local_file(path))  # zoo:NAME -> its checked .pkl
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"Detection teacher checkpoint {path} does not exist (expected a detection run's "
@@ -261,8 +263,10 @@ def build(config: Any, *, mesh: Any) -> base.Task:
 
 def _backbone_loader(model: rcnn.FasterRCNN, path: str, tx: Any):
     """A `prepare_state` hook that puts ImageNet ResNet weights into the state's backbone."""
+    from luminet_jax import teachers  # noqa: PLC0415
     from luminet_jax.detection import convert  # noqa: PLC0415
 
+    path = teachers.local_file(path, option=teachers.BACKBONE_OPTION)  # zoo:NAME -> its file
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config.student.backbone_checkpoint {path} does not exist.")
     state_dict = convert.load_state_dict(path)
