@@ -346,7 +346,8 @@ def test_torchvision_file_is_checked_by_its_name_and_classes_must_match(zoo, ser
 
 
 def test_detectron2_pickle_loads_as_the_detection_teacher(zoo, monkeypatch):
-    from luminet_jax.detection import convert, rcnn, task  # noqa: PLC0415
+    from luminet_jax.detection import convert, rcnn  # noqa: PLC0415
+    from luminet_jax.tasks import detection as task  # noqa: PLC0415
 
     server, cache = zoo
     tiny = importlib.import_module("tiny_detector")
@@ -497,5 +498,5 @@ def test_methods_without_a_teacher_never_fetch(tmp_path, monkeypatch):
         config.dataset.name, config.dataset.data_dir = "cifar100_local", str(tmp_path)
         config.batch_size = config.eval_batch_size = 16
         launch.preflight(config)
-        task = tasks.build(config, mesh=sharding.make_mesh(), seeds=[])
+        task = tasks.build(config, mesh=sharding.make_mesh())
         assert task.teacher_variables is None
