@@ -263,8 +263,8 @@ def load_teacher(
       path: one of (1) a directory written by `save_variables`; (2) a training workdir,
         whose latest checkpoint's params and batch_stats are taken; (3) a `.npz` of
         PyTorch-keyed arrays (the reference's state_dict) or a PyTorch checkpoint file
-        (`.pth`/`.pt`, read without torch), converted by `models.from_torch`; (4) `zoo:NAME`,
-        a published teacher (`luminet_jax.teachers`: fetched, converted and cached once).
+        (`.pth`/`.pt`, read without torch), converted by `models.from_torch`. (A published
+        teacher by name, `zoo:NAME`: `teachers.load_teacher`.)
       model_name: the teacher's model name (as `models.get_model`).
       num_classes: the classifier size.
       image_size: the input size the teacher runs at (default: `models.input_size`).
@@ -277,10 +277,7 @@ def load_teacher(
       FileNotFoundError: `path` does not exist or the workdir has no checkpoint.
       ValueError: an entry is missing, unexpected or of the wrong shape for the model.
     """
-    from luminet_jax import teachers  # noqa: PLC0415  (zoo:NAME -> the converted variables)
-
-    path = teachers.resolve(os.fspath(path), model=model_name, num_classes=num_classes)
-    path = os.path.abspath(path)
+    path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"Teacher checkpoint {path} does not exist (expected a save_variables directory, "

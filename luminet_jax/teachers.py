@@ -6,7 +6,7 @@
     luminet-teachers path NAME             the local path a run uses (fetched if needed)
 
 (`luminet-teachers` is `python -m luminet_jax.teachers`.) `--config.teacher.checkpoint=zoo:NAME`
-(`checkpoint.load_teacher`, `detection.task.load_detector_variables`),
+(`load_teacher` below, `tasks.detection.load_detector_variables`),
 `--config.student.backbone_checkpoint=zoo:NAME` and `luminet-convert --torch zoo:NAME` resolve
 the same way. The cache is --cache-dir, else $LUMINET_TEACHER_CACHE, else
 $XDG_CACHE_HOME/luminet_jax/teachers (~/.cache/luminet_jax/teachers); --mirror or
@@ -241,6 +241,15 @@ def _convert(name: str, teacher: teacher_zoo.Teacher, file: str, num_classes: in
     checkpoint.save_variables(tmp, variables)
     os.replace(tmp, final)
     downloads.say(f"  converted zoo:{name} ({num_classes} classes): {final}")
+
+
+def load_teacher(path: str, model_name: str, *, num_classes: int, **kwargs: Any) -> Any:
+    """`checkpoint.load_teacher` of a path, or of `zoo:NAME` (fetched, checked, converted
+    for `num_classes` and cached first, `resolve`). Keywords as `checkpoint.load_teacher`."""
+    from luminet_jax import checkpoint  # noqa: PLC0415  (orbax, jax)
+
+    path = resolve(os.fspath(path), model=model_name, num_classes=num_classes)
+    return checkpoint.load_teacher(path, model_name, num_classes=num_classes, **kwargs)
 
 
 def fetch(name: str, **kwargs: Any) -> str:

@@ -119,7 +119,7 @@ def _leaf(tree, *path):
 def test_fetch_converts_once_and_later_runs_need_no_network(zoo, weights, capsys):
     server, cache = zoo
     start = len(server.log)
-    variables = checkpoint.load_teacher("zoo:resnet56", "resnet56", num_classes=100)
+    variables = teachers.load_teacher("zoo:resnet56", "resnet56", num_classes=100)
     fc = _leaf(variables, "params", "fc", "kernel")
     np.testing.assert_array_equal(fc, _array(weights, "resnet56", "fc.weight").T)
     var = _leaf(variables, "batch_stats", "bn1", "var")
@@ -132,7 +132,7 @@ def test_fetch_converts_once_and_later_runs_need_no_network(zoo, weights, capsys
     assert (
         teachers.resolve("zoo:resnet56", model="resnet56", num_classes=100, **offline) == converted
     )
-    again = checkpoint.load_teacher("zoo:resnet56", "resnet56", num_classes=100)
+    again = teachers.load_teacher("zoo:resnet56", "resnet56", num_classes=100)
     np.testing.assert_array_equal(_leaf(again, "params", "fc", "kernel"), fc)
     # Another teacher of the archive: extracted from the cached download, no request.
     wrn = teachers.resolve("zoo:wrn_40_2", model="wrn_40_2", num_classes=100, **offline)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from luminet_jax import checkpoint, distillers, evaluation, models, sharding, steps
+from luminet_jax import distillers, evaluation, models, sharding, steps, teachers
 from luminet_jax import state as state_lib
 from luminet_jax.tasks import base
 
@@ -78,7 +78,7 @@ def build_teacher(
     for name, path in zip(names_list, paths_list):
         logging.info("Loading teacher %s from %s", name, path)
         variables.append(
-            checkpoint.load_teacher(
+            teachers.load_teacher(
                 path, name, num_classes=num_classes, image_size=image_size, **model_kwargs
             )
         )
