@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -22,3 +23,64 @@ def test_no_module_exceeds_400_lines_and_there_is_no_grab_bag():
     too_long = {str(p.relative_to(ROOT)): _lines(p) for p in modules if _lines(p) > 400}
     assert not too_long
     assert not [p for p in modules if p.name in ("utils.py", "train_utils.py")]
+
+
+def test_benchmarks_and_experiments_follow_the_same_rules():
+    files = sorted((ROOT / "benchmarks").rglob("*.py")) + sorted(
+        (ROOT / "experiments").rglob("*.py")
+    )
+    assert len(files) > 20
+    too_long = {str(p.relative_to(ROOT)): _lines(p) for p in files if _lines(p) > 400}
+    assert not too_long
+    assert not [p for p in files if p.name in ("utils.py", "train_utils.py")]
+
+
+def _node(module: str) -> str | None:
+    """The import graph's node of a `luminet_jax` module: a top-level module, or the
+    subpackage folder holding it (`luminet_jax.detection.ops` -> "detection")."""
+    parts = module.split(".")
+    if parts[0] != "luminet_jax" or len(parts) < 2:
+        return None
+    return parts[1]
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """Every luminet_jax module `path` imports, at the top or inside a function."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from its package
+                base = ".".join(package.split(".")[: -node.level] + ([base] if base else []))
+            found |= {f"{base}.{alias.name}" for alias in node.names} | {base}
+    return found
+
+
+def test_the_package_import_graph_has_no_cycle():
+    """Nodes: each top-level module and each subpackage folder of luminet_jax/."""
+    edges: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        source = _node(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        if source is None or source == "__init__":
+            continue
+        targets = {_node(m) for m in _imports(path)} - {None, source, "__init__"}
+        edges.setdefault(source, set()).update(targets)
+    done: set[str] = set()
+
+    def visit(node: str, trail: list[str]) -> None:
+        if node in trail:
+            raise AssertionError(
+                "import cycle: " + " -> ".join(trail[trail.index(node) :] + [node])
+            )
+        if node in done:
+            return
+        for target in sorted(edges.get(node, ())):
+            visit(target, trail + [node])
+        done.add(node)
+
+    for node in sorted(edges):
+        visit(node, [])
+    assert {"tasks", "detection", "distillers", "models", "data", "train"} <= set(edges)
