@@ -43,9 +43,7 @@ def config_dir() -> pathlib.Path:
 
 def config_names() -> list[str]:
     """Names of the shipped configs (file stems)."""
-    return sorted(
-        p.stem for p in config_dir().glob("*.py") if p.stem not in _NOT_CONFIGS
-    )  # fmt: skip
+    return sorted(p.stem for p in config_dir().glob("*.py") if p.stem not in _NOT_CONFIGS)
 
 
 def resolve_config(value: str) -> str:

@@ -38,7 +38,7 @@ def feature_methods(
             angle_weight=50.0,
             squared=False,
             eps=1e-12,
-        ),  # fmt: skip
+        ),
         "pkt": dict(name="pkt", ce_weight=1.0, feat_weight=30000.0),
         "sp": dict(name="sp", ce_weight=1.0, feat_weight=3000.0),
         "vid": dict(name="vid", ce_weight=1.0, feat_weight=1.0, init_pred_var=5.0, eps=1e-5),

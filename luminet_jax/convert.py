@@ -72,8 +72,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if cli.show_traceback():
             raise
         prog = cli.command("luminet_jax.convert", "luminet-convert")
-        cli.fail(cli.one_line(e), f"see {prog} --help; {cli.TRACEBACK_ENV}=1 shows the traceback.",
-                 prog=prog)  # fmt: skip
+        cli.fail(
+            cli.one_line(e),
+            f"see {prog} --help; {cli.TRACEBACK_ENV}=1 shows the traceback.",
+            prog=prog,
+        )
 
 
 def _convert(args: argparse.Namespace) -> None:

@@ -110,9 +110,7 @@ def find_runs(path: str | os.PathLike) -> list[Run]:
         return [r for r in seeds if r is not None]
     runs = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        runs += [
-            dataclasses.replace(r, label=f"{label}/{r.label}") for r in find_runs(sub) if r
-        ]  # fmt: skip
+        runs += [dataclasses.replace(r, label=f"{label}/{r.label}") for r in find_runs(sub) if r]
     return runs
 
 
@@ -205,9 +203,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="run directories")
     parser.add_argument(
-        "--out", default=None, help="PNG of the curves (default: WORKDIR/curves.png for one "
-        "WORKDIR, else ./curves.png)",
-    )  # fmt: skip
+        "--out",
+        default=None,
+        help="PNG of the curves (default: WORKDIR/curves.png for one WORKDIR, else ./curves.png)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="only print the table")
     args = parser.parse_args(argv)
     runs = []

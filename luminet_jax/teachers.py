@@ -311,10 +311,16 @@ def verify(names: Sequence[str] = (), cache: str | None = None) -> list[tuple[st
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     prog = cli.command("luminet_jax.teachers", "luminet-teachers")
     options = argparse.ArgumentParser(add_help=False)  # before or after the command
-    options.add_argument("--cache-dir", default=argparse.SUPPRESS, help=f"the cache (default "
-                         f"${CACHE_ENV} or ~/.cache/luminet_jax/teachers)")  # fmt: skip
-    options.add_argument("--mirror", default=argparse.SUPPRESS, help="BASE_URL replacing "
-                         f"each source's scheme and host (default ${MIRROR_ENV})")  # fmt: skip
+    options.add_argument(
+        "--cache-dir",
+        default=argparse.SUPPRESS,
+        help=f"the cache (default ${CACHE_ENV} or ~/.cache/luminet_jax/teachers)",
+    )
+    options.add_argument(
+        "--mirror",
+        default=argparse.SUPPRESS,
+        help=f"BASE_URL replacing each source's scheme and host (default ${MIRROR_ENV})",
+    )
     parser = argparse.ArgumentParser(
         prog=prog,
         description=__doc__,

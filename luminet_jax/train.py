@@ -45,8 +45,9 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def _progress(step: int, total: int, spe: int, means: dict, shown: str, images_per_s: float,
-              eta_s: float) -> str:  # fmt: skip
+def _progress(
+    step: int, total: int, spe: int, means: dict, shown: str, images_per_s: float, eta_s: float
+) -> str:
     """The progress line: step, epoch, loss, the task's training metric, lr, speed, ETA."""
     return (
         f"step {step}/{total} (epoch {step / spe:.2f}) loss {means['loss']:.4f} {shown} "
@@ -166,10 +167,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     first = task.runs(state)[0]
     logging.info(
         "%s (%d params, %d extra from the distiller)%s; %d steps/epoch, %d total, starting at %d.",
-        task.describe, sum(x.size for x in jax.tree.leaves(first.params)),
-        sum(x.size for x in jax.tree.leaves(first.extra_params)), members.describe(seeds), spe,
-        total, step,
-    )  # fmt: skip
+        task.describe,
+        sum(x.size for x in jax.tree.leaves(first.params)),
+        sum(x.size for x in jax.tree.leaves(first.extra_params)),
+        members.describe(seeds),
+        spe,
+        total,
+        step,
+    )
     next_batch = task.train_batches(step, task.seed)
     # Opt-in CPU speed-up: convolution weight gradients as matmuls (numerically the same).
     fast = fast_conv.wrap(task.train_step, bool(config.fast_conv), config.fast_conv or "pointwise")

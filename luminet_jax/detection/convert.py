@@ -174,8 +174,12 @@ def c2_to_detectron2(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
         k = re.sub(r"bn\.riv$", "norm.running_var", k)
         k = re.sub(r"^res\.conv1\.norm\.", "conv1.norm.", k)
         k = re.sub(r"^conv1\.", "stem.conv1.", k)
-        for c2, d2 in (("branch1", "shortcut"), ("branch2a", "conv1"), ("branch2b", "conv2"),
-                       ("branch2c", "conv3")):  # fmt: skip
+        for c2, d2 in (
+            ("branch1", "shortcut"),
+            ("branch2a", "conv1"),
+            ("branch2b", "conv2"),
+            ("branch2c", "conv3"),
+        ):
             k = k.replace(f".{c2}.", f".{d2}.")
         out[k] = _to_numpy(value)
     return out
@@ -228,8 +232,9 @@ def load_backbone(
             if path[-1] in ("running_mean", "running_var"):
                 fill = 0.0 if path[-1] == "running_mean" else 1.0
                 defaults[detectron2_key(path)] = np.full(spec.shape, fill, spec.dtype)
-    loaded = _assign(leaves, sd, what=f"{layout} backbone weights into {_describe(model)}",
-                     defaults=defaults)  # fmt: skip
+    loaded = _assign(
+        leaves, sd, what=f"{layout} backbone weights into {_describe(model)}", defaults=defaults
+    )
     out = jax.tree.map(lambda x: x, dict(variables))  # copy the containers
     for collection in COLLECTIONS:
         out[collection] = dict(out[collection])

@@ -159,8 +159,10 @@ def _batches(plan, split: Split, prepare, padding, image_shape, num_workers: int
         examples, dropped = zip(*[f.result() for f in futures])
         if sum(dropped) and not warned:
             warned = True
-            logging.warning("detection data: %d boxes beyond max_gt dropped in a batch (warned "
-                            "once)", sum(dropped))  # fmt: skip
+            logging.warning(
+                "detection data: %d boxes beyond max_gt dropped in a batch (warned once)",
+                sum(dropped),
+            )
         batch = {k: np.stack([ex[k] for ex in examples]) for k in examples[0] if k != "image"}
         return {"image": images, **batch}
 
@@ -184,8 +186,9 @@ def _shard(n: int, process_index: int, process_count: int, drop_remainder: bool)
     return range(start, start + base + (process_index < extra))
 
 
-def train_steps_per_epoch(split: Split, *, global_batch: int, process_count: int = 1,
-                          filter_empty: bool = True) -> int:  # fmt: skip
+def train_steps_per_epoch(
+    split: Split, *, global_batch: int, process_count: int = 1, filter_empty: bool = True
+) -> int:
     """Batches per epoch of `make_train_iter` (each process drops its share's remainder)."""
     n = len(_train_indices(split, filter_empty))
     return (n // process_count) // _local_batch(global_batch, process_count)
@@ -264,9 +267,18 @@ def make_train_iter(
 
     def prepare(record, image, short_side, flipped, out):
         return transform(
-            record, image, short_side=short_side, max_size=max_size, flip=flipped,
-            pad_size=pad_size, max_gt=max_gt, mean=mean, std=std, bgr=bgr, out=out,
-        )  # fmt: skip
+            record,
+            image,
+            short_side=short_side,
+            max_size=max_size,
+            flip=flipped,
+            pad_size=pad_size,
+            max_gt=max_gt,
+            mean=mean,
+            std=std,
+            bgr=bgr,
+            out=out,
+        )
 
     return _batches(plan(), split, prepare, None, (*pad_size, 3), num_workers)
 
@@ -298,13 +310,23 @@ def make_eval_iter(
     per_process = math.ceil(split.size / process_count)
     num_batches = math.ceil(per_process / local_batch)
     local += [-1] * (num_batches * local_batch - len(local))
-    plan = ([(i,) for i in local[b * local_batch : (b + 1) * local_batch]]
-            for b in range(num_batches))  # fmt: skip
+    plan = (
+        [(i,) for i in local[b * local_batch : (b + 1) * local_batch]] for b in range(num_batches)
+    )
 
     def prepare(record, image, out):
         return transform(
-            record, image, short_side=short_side, max_size=max_size, flip=False,
-            pad_size=pad_size, max_gt=max_gt, mean=mean, std=std, bgr=bgr, out=out,
-        )  # fmt: skip
+            record,
+            image,
+            short_side=short_side,
+            max_size=max_size,
+            flip=False,
+            pad_size=pad_size,
+            max_gt=max_gt,
+            mean=mean,
+            std=std,
+            bgr=bgr,
+            out=out,
+        )
 
     return _batches(plan, split, prepare, _padding(pad_size, max_gt), (*pad_size, 3), num_workers)

@@ -133,9 +133,14 @@ def make_train_step(
         if teacher_input is not None:
             images = teacher_input(images, batch["image_size"])
         return roi_distill_loss(
-            teacher, distiller, aux, images, teacher_variables,
-            epoch=epoch, axis_name=axis_name,
-        )  # fmt: skip
+            teacher,
+            distiller,
+            aux,
+            images,
+            teacher_variables,
+            epoch=epoch,
+            axis_name=axis_name,
+        )
 
     return steps.make_train_step(
         model, tx, axis_name=axis_name, lr_fn=lr_fn, seed=seed, extra_loss=extra_loss

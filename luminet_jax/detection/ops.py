@@ -100,10 +100,11 @@ def nms(
     # inputs vary over; the carry must start with the same type.
     axes = _varying_axes(sorted_boxes) | _varying_axes(alive)
     init = tuple(
-        x if not (axes - _varying_axes(x))
+        x
+        if not (axes - _varying_axes(x))
         else jax.lax.pcast(x, tuple(sorted(axes - _varying_axes(x))), to="varying")
         for x in init
-    )  # fmt: skip
+    )
     _, indices, count = jax.lax.fori_loop(0, max_outputs, body, init)
     return indices, count
 

@@ -85,8 +85,9 @@ class FasterRCNN(nn.Module):
             freeze_at=self.freeze_at,
             dtype=self.dtype,
         )
-        self.backbone = fpn_lib.FPN(bottom_up=bottom_up, out_channels=self.fpn_channels,
-                                    dtype=self.dtype)  # fmt: skip
+        self.backbone = fpn_lib.FPN(
+            bottom_up=bottom_up, out_channels=self.fpn_channels, dtype=self.dtype
+        )
         self.proposal_generator = rpn.ProposalGenerator(
             num_anchors=anchors_lib.num_cell_anchors(), dtype=self.dtype
         )

@@ -70,9 +70,15 @@ def records_from_coco(gt: dict) -> list[Record]:
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         classes = np.array([index[int(a["category_id"])] for a in anns], np.int32).reshape(-1)
         records.append(
-            Record(int(img["id"]), img["file_name"], height, width,
-                   boxes[keep].astype(np.float32), classes[keep])
-        )  # fmt: skip
+            Record(
+                int(img["id"]),
+                img["file_name"],
+                height,
+                width,
+                boxes[keep].astype(np.float32),
+                classes[keep],
+            )
+        )
     return records
 
 

@@ -64,9 +64,13 @@ def _record(example, image_size, record_cls):
     keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     classes = np.asarray(objects["label"], np.int32).reshape(-1)
     return record_cls(
-        int(example["image/id"]), str(example["image/filename"]), height, width,
-        boxes[keep].astype(np.float32), classes[keep],
-    )  # fmt: skip
+        int(example["image/id"]),
+        str(example["image/filename"]),
+        height,
+        width,
+        boxes[keep].astype(np.float32),
+        classes[keep],
+    )
 
 
 def split(name: str, data_dir):
@@ -94,8 +98,14 @@ def split(name: str, data_dir):
             with Image.open(io.BytesIO(ex["image"])) as img:
                 width, height = img.size
             image_id = int(ex["image/id"])
-            images.append({"id": image_id, "height": height, "width": width,
-                           "file_name": str(ex["image/filename"])})  # fmt: skip
+            images.append(
+                {
+                    "id": image_id,
+                    "height": height,
+                    "width": width,
+                    "file_name": str(ex["image/filename"]),
+                }
+            )
             objects = ex["objects"]
             bbox = np.asarray(objects["bbox"], np.float64).reshape(-1, 4)
             for j in range(len(bbox)):
@@ -105,13 +115,17 @@ def split(name: str, data_dir):
                         "id": int(objects["id"][j]),
                         "image_id": image_id,
                         "category_id": COCO_CATEGORY_IDS[int(objects["label"][j])],
-                        "bbox": [xmin * width, ymin * height, (xmax - xmin) * width,
-                                 (ymax - ymin) * height],
+                        "bbox": [
+                            xmin * width,
+                            ymin * height,
+                            (xmax - xmin) * width,
+                            (ymax - ymin) * height,
+                        ],
                         # Reference: TFDS stores COCO's (segmentation) area as an integer.
                         "area": float(objects["area"][j]),
                         "iscrowd": int(objects["is_crowd"][j]),
                     }
-                )  # fmt: skip
+                )
         categories = [
             {"id": c, "name": n} for c, n in zip(COCO_CATEGORY_IDS, class_names(data_dir))
         ]

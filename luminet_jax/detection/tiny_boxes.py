@@ -68,8 +68,11 @@ def _opener(source) -> Callable[[Callable[[str], bool]], dict[str, bytes]]:
 
         def read_tar(wanted):
             with tarfile.open(source) as tar:
-                return {_strip(m.name): tar.extractfile(m).read() for m in tar
-                        if m.isfile() and wanted(_strip(m.name))}  # fmt: skip
+                return {
+                    _strip(m.name): tar.extractfile(m).read()
+                    for m in tar
+                    if m.isfile() and wanted(_strip(m.name))
+                }
 
         return read_tar
     raise FileNotFoundError(
@@ -130,9 +133,15 @@ def tile_box(box: tuple, k: int) -> list[float]:
 
 
 def build(
-    source, out, *, num_train: int, num_val: int, seed: int = 0, quality=JPEG_QUALITY,
+    source,
+    out,
+    *,
+    num_train: int,
+    num_val: int,
+    seed: int = 0,
+    quality=JPEG_QUALITY,
     num_classes: int = 0,
-):  # fmt: skip
+):
     """Writes the tiled COCO-format set to `out` (see the module docstring); returns counts.
 
     `num_classes` > 0 keeps only the first `num_classes` wnids of wnids.txt (their images and
@@ -179,11 +188,17 @@ def build(
             file_name = f"{image_id:06d}.jpg"
             Image.fromarray(canvas).save(out / split / file_name, quality=quality)
             images.append(
-                {"id": image_id, "file_name": file_name, "height": SIZE, "width": SIZE,
-                 "tiles": tiles}
-            )  # fmt: skip
-        categories = [{"id": i + 1, "name": w, "supercategory": "tiny-imagenet"}
-                      for i, w in enumerate(wnids)]  # fmt: skip
+                {
+                    "id": image_id,
+                    "file_name": file_name,
+                    "height": SIZE,
+                    "width": SIZE,
+                    "tiles": tiles,
+                }
+            )
+        categories = [
+            {"id": i + 1, "name": w, "supercategory": "tiny-imagenet"} for i, w in enumerate(wnids)
+        ]
         dataset = {
             "info": {"description": f"Tiny-ImageNet boxes, 2x2 tiles, seed {seed}"},
             "images": images,
@@ -210,9 +225,14 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     counts = build(
-        args.source, args.out, num_train=args.train, num_val=args.val, seed=args.seed,
-        quality=args.quality, num_classes=args.classes,
-    )  # fmt: skip
+        args.source,
+        args.out,
+        num_train=args.train,
+        num_val=args.val,
+        seed=args.seed,
+        quality=args.quality,
+        num_classes=args.classes,
+    )
     print(f"{os.fspath(args.out)}: {counts['train']} train, {counts['val']} val tiled images")
 
 

@@ -123,7 +123,16 @@ class Distiller:
         """The public call (DESIGN.md section 6): `loss` of these inputs."""
         return self.loss(
             Inputs(
-                s_logits, t_logits, labels, epoch, axis_name, s_feats, t_feats, index, extra,
-                rng, mask,
+                s_logits,
+                t_logits,
+                labels,
+                epoch,
+                axis_name,
+                s_feats,
+                t_feats,
+                index,
+                extra,
+                rng,
+                mask,
             )
-        )  # fmt: skip
+        )

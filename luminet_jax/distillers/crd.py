@@ -247,10 +247,16 @@ class CRD(base.Distiller):
 
         offset = 0 if axis_name is None else lax.axis_index(axis_name) * index.shape[0]
         contrast_idx = crd_contrast_index(
-            x.rng, index, labels, state["order"], state["sorted_labels"],
-            num_negatives=self.num_negatives, mode=self.mode, replace=self.replace,
+            x.rng,
+            index,
+            labels,
+            state["order"],
+            state["sorted_labels"],
+            num_negatives=self.num_negatives,
+            mode=self.mode,
+            replace=self.replace,
             row_offset=offset,
-        )  # fmt: skip
+        )
         # The scores use the memories before this step's update, as the reference.
         e_s = crd_exp_scores(v_s, memory_t, contrast_idx, temperature=self.temperature)
         e_t = crd_exp_scores(v_t, memory_s, contrast_idx, temperature=self.temperature)

@@ -57,22 +57,35 @@ class ConvReg(nn.Module):
         fan_in_bias = layers.torch_bias_init
         if self.kind == "stride2":
             conv = nn.Conv(
-                self.t_channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                kernel_init=_TORCH_CONV_INIT, bias_init=fan_in_bias(9 * x.shape[-1]), **kw,
-            )  # fmt: skip
+                self.t_channels,
+                (3, 3),
+                strides=(2, 2),
+                padding=((1, 1), (1, 1)),
+                kernel_init=_TORCH_CONV_INIT,
+                bias_init=fan_in_bias(9 * x.shape[-1]),
+                **kw,
+            )
         elif self.kind == "deconv":
             # PyTorch's ConvTranspose2d(k=4, s=2, p=1) pads the dilated input by k - 1 - p.
             conv = nn.ConvTranspose(
-                self.t_channels, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
-                kernel_init=_TORCH_DECONV_INIT, bias_init=fan_in_bias(16 * self.t_channels),
+                self.t_channels,
+                (4, 4),
+                strides=(2, 2),
+                padding=((2, 2), (2, 2)),
+                kernel_init=_TORCH_DECONV_INIT,
+                bias_init=fan_in_bias(16 * self.t_channels),
                 **kw,
-            )  # fmt: skip
+            )
         else:
             fan_in = self.kernel[0] * self.kernel[1] * x.shape[-1]
             conv = nn.Conv(
-                self.t_channels, self.kernel, padding="VALID",
-                kernel_init=_TORCH_CONV_INIT, bias_init=fan_in_bias(fan_in), **kw,
-            )  # fmt: skip
+                self.t_channels,
+                self.kernel,
+                padding="VALID",
+                kernel_init=_TORCH_CONV_INIT,
+                bias_init=fan_in_bias(fan_in),
+                **kw,
+            )
         norm = layers.batch_norm(
             train=train, axis_name=self.axis_name, dtype=x.dtype, param_dtype=self.param_dtype
         )

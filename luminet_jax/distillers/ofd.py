@@ -32,9 +32,14 @@ class Connectors(nn.Module):
         for i, (x, t) in enumerate(zip(f_s, self.t_channels)):
             k = self.kernel_size
             conv = layers.conv(  # CONV_INIT is mdistiller's normal(0, sqrt(2 / (k*k*out))).
-                t, k, 1, (k - 1) // 2, dtype=x.dtype, param_dtype=self.param_dtype,
+                t,
+                k,
+                1,
+                (k - 1) // 2,
+                dtype=x.dtype,
+                param_dtype=self.param_dtype,
                 name=f"connector{i}_conv",
-            )  # fmt: skip
+            )
             norm = layers.batch_norm(
                 train=train, axis_name=self.axis_name, dtype=x.dtype, param_dtype=self.param_dtype
             )

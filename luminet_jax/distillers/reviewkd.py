@@ -36,24 +36,37 @@ class ABF(nn.Module):
         kw = dict(dtype=x.dtype, param_dtype=self.param_dtype)
         norm = layers.batch_norm(train=train, axis_name=self.axis_name, **kw)
         x = nn.Conv(
-            self.mid_channels, (1, 1), use_bias=False, kernel_init=_KAIMING_UNIFORM_A1,
-            name="conv1", **kw,
-        )(x)  # fmt: skip
+            self.mid_channels,
+            (1, 1),
+            use_bias=False,
+            kernel_init=_KAIMING_UNIFORM_A1,
+            name="conv1",
+            **kw,
+        )(x)
         x = norm(name="bn1")(x)
         if self.fuse:
             residual = fb.nearest_resize(residual, shape)
             z = jnp.concatenate([x, residual], axis=-1)
             z = nn.Conv(
-                2, (1, 1), kernel_init=_TORCH_CONV_INIT,
-                bias_init=layers.torch_bias_init(2 * self.mid_channels), name="att_conv", **kw,
-            )(z)  # fmt: skip
+                2,
+                (1, 1),
+                kernel_init=_TORCH_CONV_INIT,
+                bias_init=layers.torch_bias_init(2 * self.mid_channels),
+                name="att_conv",
+                **kw,
+            )(z)
             z = nn.sigmoid(z)
             x = x * z[..., 0:1] + residual * z[..., 1:2]
         x = fb.nearest_resize(x, out_shape)
         y = nn.Conv(
-            self.out_channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-            kernel_init=_KAIMING_UNIFORM_A1, name="conv2", **kw,
-        )(x)  # fmt: skip
+            self.out_channels,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            use_bias=False,
+            kernel_init=_KAIMING_UNIFORM_A1,
+            name="conv2",
+            **kw,
+        )(x)
         return norm(name="bn2")(y), x
 
 
@@ -80,7 +93,7 @@ class ReviewFusion(nn.Module):
                 axis_name=self.axis_name,
                 param_dtype=self.param_dtype,
                 name=f"abf{n - 1 - j}",
-            )  # fmt: skip
+            )
             for j in range(n)
         ]
         out, residual = abfs[0](xs[0], out_shape=self.out_shapes[0], train=train)

@@ -35,9 +35,14 @@ class VIDRegressors(nn.Module):
         start = math.log(math.expm1(self.init_pred_var - self.eps))
         for i, (x, t) in enumerate(zip(f_s, self.t_channels)):
             conv = lambda name, t=t, dtype=x.dtype: nn.Conv(  # noqa: E731
-                t, (1, 1), use_bias=False, kernel_init=_TORCH_CONV_INIT,
-                dtype=dtype, param_dtype=self.param_dtype, name=name,
-            )  # fmt: skip
+                t,
+                (1, 1),
+                use_bias=False,
+                kernel_init=_TORCH_CONV_INIT,
+                dtype=dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )
             h = nn.relu(conv(f"regressor{i}_conv0")(x))
             h = nn.relu(conv(f"regressor{i}_conv1")(h))
             means.append(conv(f"regressor{i}_conv2")(h))

@@ -233,9 +233,13 @@ def pooled_classifier(
     pooled = global_avg_pool(x)
     feats["pooled"] = pooled
     head = dense(
-        num_classes, pooled.shape[-1], dtype=dtype, param_dtype=param_dtype, name=name,
+        num_classes,
+        pooled.shape[-1],
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
         **dense_kwargs,
-    )  # fmt: skip
+    )
     return head(pooled)
 
 
