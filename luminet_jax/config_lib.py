@@ -227,9 +227,6 @@ def imagenet(**overrides: Any) -> ml_collections.ConfigDict:
 
 
 # Detection (config.task = "detection"; luminet_jax/tasks/detection.py reads these sections).
-DETECTION_METHODS = ("vanilla", "kd", "dkd", "luminet")
-
-
 def detection(**overrides: Any) -> ml_collections.ConfigDict:
     """Faster R-CNN + FPN on COCO, detectron2's / mdistiller's recipe (DESIGN.md section 7).
 

@@ -8,7 +8,6 @@ own writer (no TensorFlow) when it is importable; the jsonl file is the record t
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from collections.abc import Mapping
@@ -16,7 +15,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import logging as absl_logging
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -121,17 +119,3 @@ def best_and_last(records: list[dict[str, Any]], key: str = "eval/top1") -> tupl
         return math.nan, math.nan
     last = by_step[max(by_step)]
     return max(by_step.values()), last
-
-
-def _drop_library_info(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
-def quiet_library_logs() -> None:
-    """Hides orbax's INFO lines (about 20 per checkpoint) from absl's log; warnings stay.
-
-    Called by the entry points (main, quickstart), not by `train_and_evaluate`.
-    """
-    handler = absl_logging.get_absl_handler()
-    if _drop_library_info not in handler.filters:
-        handler.addFilter(_drop_library_info)

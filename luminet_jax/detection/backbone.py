@@ -37,7 +37,6 @@ DEPTHS = {
     101: ((3, 4, 23, 3), True),
 }
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
-STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 # fvcore's c2_msra_fill: kaiming_normal_(mode="fan_out", nonlinearity="relu"), bias 0.
 msra_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -234,10 +233,3 @@ class ResNet(nn.Module):
             out_channels *= 2
             mid *= 2
         return outputs
-
-
-def stage_channels(depth: int, stem_channels: int = 64, res2_channels: int = 0) -> dict[str, int]:
-    """Channels of res2..res5 for a ResNet of these settings."""
-    bottleneck = DEPTHS[depth][1]
-    c = res2_channels or stem_channels * (4 if bottleneck else 1)
-    return {name: c * 2**i for i, name in enumerate(STAGE_NAMES)}

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 
 from luminet_jax.detection import backbone as backbone_lib
 
-LEVELS = ("p2", "p3", "p4", "p5", "p6")
 STRIDES = (4, 8, 16, 32, 64)
 # fvcore's c2_xavier_fill: kaiming_uniform_(a=1) = uniform with variance 1 / fan_in; bias 0.
 xavier_init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
