@@ -70,14 +70,9 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-        dtype = layers.compute_dtype(self.dtype, x)
-        conv = functools.partial(layers.conv, dtype=dtype, param_dtype=self.param_dtype)
-        norm = layers.batch_norm(
-            train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
-        )
+        x, dtype, conv, norm = layers.opening(self, x, train=train)
         n = (self.depth - 2) // 6
         feats = {}
-        x = x.astype(dtype)
         x = conv(self.num_filters[0], 3, 1, name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
         feats["stem"] = x

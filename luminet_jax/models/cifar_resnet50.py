@@ -19,35 +19,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from luminet_jax.models import layers
+from luminet_jax.models import layers, resnet
 
-EXPANSION = 4
-
-
-class Bottleneck(nn.Module):
-    """1x1-3x3(stride)-1x1 bottleneck with a projection shortcut when shapes change.
-
-    Returns (output, pre-activation): the final ReLU's output and its input.
-    """
-
-    planes: int
-    stride: int
-    conv: Any
-    norm: Any
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        out_planes = EXPANSION * self.planes
-        out = nn.relu(self.norm(name="bn1")(self.conv(self.planes, 1, 1, name="conv1")(x)))
-        out = self.conv(self.planes, 3, self.stride, name="conv2")(out)
-        out = nn.relu(self.norm(name="bn2")(out))
-        out = self.norm(name="bn3")(self.conv(out_planes, 1, 1, name="conv3")(out))
-        shortcut = x
-        if self.stride != 1 or x.shape[-1] != out_planes:
-            shortcut = self.conv(out_planes, 1, self.stride, name="shortcut_0")(x)
-            shortcut = self.norm(name="shortcut_1")(shortcut)
-        preact = out + shortcut
-        return nn.relu(preact), preact
+# mdistiller names the projection `shortcut` (torchvision: `downsample`).
+Bottleneck = functools.partial(resnet.Bottleneck, shortcut="shortcut")
 
 
 class ResNet50Cifar(nn.Module):
@@ -69,13 +44,8 @@ class ResNet50Cifar(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-        dtype = layers.compute_dtype(self.dtype, x)
-        conv = functools.partial(layers.conv, dtype=dtype, param_dtype=self.param_dtype)
-        norm = layers.batch_norm(
-            train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
-        )
+        x, dtype, conv, norm = layers.opening(self, x, train=train)
         feats = {}
-        x = x.astype(dtype)
         x = nn.relu(norm(name="bn1")(conv(64, 3, 1, name="conv1")(x)))
         feats["stem"] = x
         widths = (64, 128, 256, 512)

@@ -93,6 +93,20 @@ def conv(
     )
 
 
+def opening(
+    model: nn.Module, x: jax.Array, *, train: bool, **conv_defaults: Any
+) -> tuple[jax.Array, Dtype, Callable[..., nn.Conv], Callable[..., nn.BatchNorm]]:
+    """What every CNN's `__call__` starts with, from the model's `dtype`, `param_dtype` and
+    `axis_name` fields: (inputs cast to the compute dtype, that dtype, a `conv` partial with
+    `conv_defaults`, a `batch_norm` partial)."""
+    dtype = compute_dtype(model.dtype, x)
+    conv_fn = functools.partial(conv, dtype=dtype, param_dtype=model.param_dtype, **conv_defaults)
+    norm = batch_norm(
+        train=train, axis_name=model.axis_name, dtype=dtype, param_dtype=model.param_dtype
+    )
+    return x.astype(dtype), dtype, conv_fn, norm
+
+
 def batch_norm(
     *,
     train: bool,

@@ -17,7 +17,6 @@ the stage's last block.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -101,12 +100,7 @@ class MobileNetV2(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> tuple[jnp.ndarray, dict]:
         """Returns (logits, feats) for NHWC images."""
-        dtype = layers.compute_dtype(self.dtype, x)
-        x = x.astype(dtype)
-        conv = functools.partial(layers.conv, dtype=dtype, param_dtype=self.param_dtype)
-        norm = layers.batch_norm(
-            train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
-        )
+        x, dtype, conv, norm = layers.opening(self, x, train=train)
         feats = {}
         stem_channels = int(32 * self.width_mult)
         x = conv(stem_channels, 3, 2, name="conv1_0")(x)

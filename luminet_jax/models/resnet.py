@@ -31,6 +31,7 @@ class BasicBlock(nn.Module):
     stride: int
     conv: Any
     norm: Any
+    shortcut: str = "downsample"  # the projection's names: `{shortcut}_0` conv, `_1` BN
 
     expansion = 1
     last_bn = "bn2"  # the BatchNorm whose output (plus shortcut) feeds the final ReLU
@@ -46,7 +47,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """torchvision Bottleneck (v1.5: stride on the 3x3 conv, expansion 4).
+    """torchvision Bottleneck (v1.5: stride on the 3x3 conv, expansion 4); also mdistiller's
+    CIFAR ResNet50's (`shortcut="shortcut"`, `models.cifar_resnet50`).
 
     Returns (output, pre-activation): the final ReLU's output and its input.
     """
@@ -55,6 +57,7 @@ class Bottleneck(nn.Module):
     stride: int
     conv: Any
     norm: Any
+    shortcut: str = "downsample"  # the projection's names: `{shortcut}_0` conv, `_1` BN
 
     expansion = 4
     last_bn = "bn3"
@@ -70,11 +73,12 @@ class Bottleneck(nn.Module):
 
 
 def _shortcut(block: nn.Module, x: jax.Array, out_planes: int) -> jax.Array:
-    """Identity, or torchvision's `downsample` (1x1 conv + BN) when stride or width changes."""
+    """Identity, or the projection (torchvision's `downsample`: 1x1 conv + BN) when stride or
+    width changes."""
     if block.stride == 1 and x.shape[-1] == out_planes:
         return x
-    y = block.conv(out_planes, 1, block.stride, name="downsample_0")(x)
-    return block.norm(name="downsample_1")(y)
+    y = block.conv(out_planes, 1, block.stride, name=f"{block.shortcut}_0")(x)
+    return block.norm(name=f"{block.shortcut}_1")(y)
 
 
 class ResNet(nn.Module):
@@ -98,13 +102,9 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-        dtype = layers.compute_dtype(self.dtype, x)
-        conv = functools.partial(layers.conv, dtype=dtype, param_dtype=self.param_dtype)
-        norm = layers.batch_norm(
-            train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
-        )
+        x, dtype, conv, norm = layers.opening(self, x, train=train)
         feats = {}
-        x = conv(64, 7, 2, 3, name="conv1")(x.astype(dtype))
+        x = conv(64, 7, 2, 3, name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
         x = layers.max_pool(x, 3, 2, 1)
         feats["stem"] = x

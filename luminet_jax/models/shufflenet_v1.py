@@ -16,7 +16,6 @@ one unit, as all of mdistiller's do).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,16 +109,8 @@ class ShuffleNetV1(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> tuple[jnp.ndarray, dict]:
         """Returns (logits, feats) for NHWC images."""
-        dtype = layers.compute_dtype(self.dtype, x)
-        x = x.astype(dtype)
-        conv = functools.partial(
-            layers.conv,
-            dtype=dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=TORCH_DEFAULT_KERNEL_INIT,
-        )
-        norm = layers.batch_norm(
-            train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
+        x, dtype, conv, norm = layers.opening(
+            self, x, train=train, kernel_init=TORCH_DEFAULT_KERNEL_INIT
         )
         feats = {}
         x = conv(STEM_PLANES, 1, name="conv1")(x)

@@ -17,7 +17,6 @@ BatchNorm of the earlier unit of the stage the channel was passed on from (see t
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -114,16 +113,8 @@ class ShuffleNetV2(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> tuple[jnp.ndarray, dict]:
         """Returns (logits, feats) for NHWC images."""
-        dtype = layers.compute_dtype(self.dtype, x)
-        x = x.astype(dtype)
-        conv = functools.partial(
-            layers.conv,
-            dtype=dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=layers.TORCH_DEFAULT_CONV_INIT,
-        )
-        norm = layers.batch_norm(
-            train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
+        x, dtype, conv, norm = layers.opening(
+            self, x, train=train, kernel_init=layers.TORCH_DEFAULT_CONV_INIT
         )
         feats = {}
         x = nn.relu(norm(name="bn1")(conv(STEM_CHANNELS, 1, name="conv1")(x)))

@@ -51,12 +51,8 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-        dtype = layers.compute_dtype(self.dtype, x)
-        norm = layers.batch_norm(
-            train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
-        )
         height = x.shape[1]
-        x = x.astype(dtype)
+        x, dtype, _, norm = layers.opening(self, x, train=train)
         feats = {}
         for b, widths in enumerate(self.cfg):
             if b == 4 and height == 64:

@@ -102,15 +102,11 @@ class WideResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-        dtype = layers.compute_dtype(self.dtype, x)
-        conv = functools.partial(layers.conv, dtype=dtype, param_dtype=self.param_dtype)
-        norm = layers.batch_norm(
-            train=train, axis_name=self.axis_name, dtype=dtype, param_dtype=self.param_dtype
-        )
+        x, dtype, conv, norm = layers.opening(self, x, train=train)
         n = (self.depth - 4) // 6
         k = self.widen_factor
         feats = {}
-        x = conv(16, 3, 1, name="conv1")(x.astype(dtype))
+        x = conv(16, 3, 1, name="conv1")(x)
         feats["stem"] = x
         # Reference: mdistiller calls block{i+1}.layer[0].bn1 and the final bn1 a second time
         # on stage{i} for preact_feats (in train mode updating their running statistics
