@@ -18,7 +18,7 @@ Expected best test top-1 of the student (paper): LumiNet 68.42, KD 67.38.
 
 from luminet_jax import config_lib as common
 
-_METHODS = common.cifar_methods(
+METHODS = common.cifar_methods(
     luminet=dict(ce_weight=2.0, alpha=31.0, temperature=4.0), dkd_beta=8.0
 )
 
@@ -26,7 +26,7 @@ _METHODS = common.cifar_methods(
 def get_config(arg=None):
     """`arg`: `method=NAME` or a bare NAME (default luminet)."""
     config = common.cifar100_pair(
-        arg, teacher="deit_small", student="vit_compact", methods=_METHODS, base_lr=0.05
+        arg, teacher="deit_small", student="vit_compact", methods=METHODS, base_lr=0.05
     )
     # Extra teacher keys are model fields: the teacher is DeiT-small with 4x4 patches.
     config.teacher = dict(name="deit_small", checkpoint="", patch_size=4)

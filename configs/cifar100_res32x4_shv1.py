@@ -16,14 +16,14 @@ from luminet_jax import config_features
 from luminet_jax import config_lib as common
 
 # Not published for this pair: LumiNet's defaults.
-_METHODS = common.cifar_methods(
+METHODS = common.cifar_methods(
     luminet=dict(ce_weight=2.0, alpha=31.0, temperature=4.0), dkd_beta=8.0
 )
 
 # Feature-based baselines: mdistiller's hyperparameters (luminet_jax/config_features.py).
 # ReviewKD: the weight of its authors' CIFAR-100 script (reviewKD.sh) and the
 # channel and shape lists of their build_review_kd.
-_METHODS.update(
+METHODS.update(
     config_features.feature_methods(
         reviewkd=config_features.cifar_reviewkd(
             5.0, (240, 480, 960, 960), (64, 128, 256, 256), (1, 4, 8, 16), (1, 8, 16, 32)
@@ -35,5 +35,5 @@ _METHODS.update(
 def get_config(arg=None):
     """`arg`: `method=NAME` or a bare NAME (default luminet)."""
     return common.cifar100_pair(
-        arg, teacher="resnet32x4", student="shufflenet_v1", methods=_METHODS, base_lr=0.01
+        arg, teacher="resnet32x4", student="shufflenet_v1", methods=METHODS, base_lr=0.01
     )  # 0.01 for ShuffleNet/MobileNet students (DESIGN.md section 3)

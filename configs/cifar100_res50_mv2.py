@@ -16,14 +16,14 @@ from luminet_jax import config_features
 from luminet_jax import config_lib as common
 
 # From the LumiNet reference configs.
-_METHODS = common.cifar_methods(
+METHODS = common.cifar_methods(
     luminet=dict(ce_weight=2.0, alpha=70.0, temperature=8.0), dkd_beta=8.0
 )
 
 # Feature-based baselines: mdistiller's hyperparameters (luminet_jax/config_features.py).
 # ReviewKD: no published weight for this pair; its authors' train.py default 1.0
 # with the channel and shape lists of their build_review_kd.
-_METHODS.update(
+METHODS.update(
     config_features.feature_methods(
         reviewkd=config_features.cifar_reviewkd(
             1.0,
@@ -39,5 +39,5 @@ _METHODS.update(
 def get_config(arg=None):
     """`arg`: `method=NAME` or a bare NAME (default luminet)."""
     return common.cifar100_pair(
-        arg, teacher="resnet50_cifar", student="mobilenet_v2", methods=_METHODS, base_lr=0.01
+        arg, teacher="resnet50_cifar", student="mobilenet_v2", methods=METHODS, base_lr=0.01
     )  # 0.01 for ShuffleNet/MobileNet students (DESIGN.md section 3)

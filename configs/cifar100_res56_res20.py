@@ -19,39 +19,27 @@ from luminet_jax import config_features
 from luminet_jax import config_lib as common
 
 # Not published for this pair: LumiNet's defaults.
-_METHODS = common.cifar_methods(
+METHODS = common.cifar_methods(
     luminet=dict(ce_weight=2.0, alpha=31.0, temperature=4.0), dkd_beta=2.0
 )
 
 # Feature-based baselines: mdistiller's hyperparameters (luminet_jax/config_features.py).
 # ReviewKD: the weight of its authors' CIFAR-100 script (reviewKD.sh) and the
 # channel and shape lists of their build_review_kd.
-_METHODS.update(
+METHODS.update(
     config_features.feature_methods(
         reviewkd=config_features.cifar_reviewkd(0.6, (16, 32, 64, 64), (16, 32, 64, 64))
     )
 )
 
-# DML (Zhang et al. 2018): CE 1 + KL(peer || self) 1 at T 1 for each student; the peer is
-# the teacher's architecture (resnet56) trained from scratch beside the student, as in the DKD
-# paper's tables (DESIGN.md section 6). No teacher checkpoint is read.
-_METHODS["dml"] = dict(name="dml", ce_weight=1.0, kd_weight=1.0, temperature=1.0)
-
-# CRD: mdistiller's engine/cfg.py CRD section and configs/cifar100/crd.yaml (CE 1, CRD 0.8,
-# 128-d embeddings, K 16384 negatives of other classes, NCE T 0.07, momentum 0.5, "exact").
-# CRD+KD: RepDistiller's `-r 1 -a 1 -b 0.8` (KD 1 at T 4 added).
-_CRD = dict(
-    ce_weight=1.0, feat_weight=0.8, feat_dim=128, num_negatives=16384, temperature=0.07,
-    momentum=0.5, mode="exact",
-)  # fmt: skip
-_METHODS["crd"] = dict(name="crd", **_CRD)
-_METHODS["crd_kd"] = dict(name="crd_kd", **_CRD, kd_weight=1.0, kd_temperature=4.0)
+# DML, CRD and CRD+KD (luminet_jax/config_features.py).
+METHODS.update(config_features.extra_methods(peer="resnet56"))
 
 
 def get_config(arg=None):
     """`arg`: `method=NAME` or a bare NAME (default luminet)."""
     config = common.cifar100_pair(
-        arg, teacher="resnet56", student="resnet20", methods=_METHODS, base_lr=0.05
+        arg, teacher="resnet56", student="resnet20", methods=METHODS, base_lr=0.05
     )
     if config.distiller.name == "dml":  # the cohort: the student (member 0) and its peer
         config.student.peers = config.teacher.name

@@ -16,14 +16,14 @@ from luminet_jax import config_features
 from luminet_jax import config_lib as common
 
 # From the LumiNet reference configs.
-_METHODS = common.cifar_methods(
+METHODS = common.cifar_methods(
     luminet=dict(ce_weight=1.0, alpha=70.0, temperature=8.0), dkd_beta=6.0
 )
 
 # Feature-based baselines: mdistiller's hyperparameters (luminet_jax/config_features.py).
 # ReviewKD: no published weight for this pair; its authors' train.py default 1.0
 # with the channel and shape lists of their build_review_kd.
-_METHODS.update(
+METHODS.update(
     config_features.feature_methods(
         reviewkd=config_features.cifar_reviewkd(
             1.0, (128, 256, 512, 512, 512), (128, 256, 512, 512, 512), (1, 4, 4, 8, 16)
@@ -34,6 +34,4 @@ _METHODS.update(
 
 def get_config(arg=None):
     """`arg`: `method=NAME` or a bare NAME (default luminet)."""
-    return common.cifar100_pair(
-        arg, teacher="vgg13", student="vgg8", methods=_METHODS, base_lr=0.05
-    )
+    return common.cifar100_pair(arg, teacher="vgg13", student="vgg8", methods=METHODS, base_lr=0.05)

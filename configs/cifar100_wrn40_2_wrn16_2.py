@@ -16,14 +16,14 @@ from luminet_jax import config_features
 from luminet_jax import config_lib as common
 
 # Not published for this pair: LumiNet's defaults.
-_METHODS = common.cifar_methods(
+METHODS = common.cifar_methods(
     luminet=dict(ce_weight=2.0, alpha=31.0, temperature=4.0), dkd_beta=6.0
 )
 
 # Feature-based baselines: mdistiller's hyperparameters (luminet_jax/config_features.py).
 # ReviewKD: the weight of its authors' CIFAR-100 script (reviewKD.sh) and the
 # channel and shape lists of their build_review_kd.
-_METHODS.update(
+METHODS.update(
     config_features.feature_methods(
         reviewkd=config_features.cifar_reviewkd(5.0, (32, 64, 128, 128), (32, 64, 128, 128))
     )
@@ -33,5 +33,5 @@ _METHODS.update(
 def get_config(arg=None):
     """`arg`: `method=NAME` or a bare NAME (default luminet)."""
     return common.cifar100_pair(
-        arg, teacher="wrn_40_2", student="wrn_16_2", methods=_METHODS, base_lr=0.05
+        arg, teacher="wrn_40_2", student="wrn_16_2", methods=METHODS, base_lr=0.05
     )

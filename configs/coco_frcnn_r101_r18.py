@@ -31,14 +31,14 @@ Expected COCO AP (R-101 -> R-18, as the DKD paper reports it): teacher 42.04, st
 
 from luminet_jax import config_lib as common
 
-_METHODS = common.detection_methods(luminet=dict(alpha=2.0, temperature=0.7))
+METHODS = common.detection_methods(luminet=dict(alpha=2.0, temperature=0.7))
 
 
 def get_config(arg=None):
     """`arg`: `method=NAME` or a bare NAME (vanilla, kd, dkd, luminet; default luminet)."""
     arg = common.parse_arg(arg, method="luminet")
-    if arg.method not in _METHODS:
-        raise ValueError(f"Unknown method {arg.method!r}; this file defines {sorted(_METHODS)}")
+    if arg.method not in METHODS:
+        raise ValueError(f"Unknown method {arg.method!r}; this file defines {sorted(METHODS)}")
     config = common.detection()  # batch 8, lr 0.01, 180k its, steps 120k/160k, warmup 1000
     config.student = dict(
         name="faster_rcnn_r18_fpn",
@@ -56,5 +56,5 @@ def get_config(arg=None):
         std=(1.0, 1.0, 1.0),
         bgr=True,
     )
-    config.distiller = dict(_METHODS[arg.method])
+    config.distiller = dict(METHODS[arg.method])
     return config

@@ -15,7 +15,7 @@ at, ofd, reviewkd (mdistiller's values; ReviewKD and OFD with their own batch an
 from luminet_jax import config_features
 from luminet_jax import config_lib as common
 
-_METHODS = {  # From the reference YAMLs; keys = get_distiller kwargs.
+METHODS = {  # From the reference YAMLs; keys = get_distiller kwargs.
     "vanilla": dict(name="vanilla"),
     "kd": dict(name="kd", ce_weight=0.5, kd_weight=0.5, temperature=1.0),
     # mdistiller configs/imagenet/*/dkd.yaml: beta 0.5, T 1, warmup 1, alpha its default 1.
@@ -41,7 +41,7 @@ _FEATURES = config_features.feature_methods(
     ),
     ofd_weight=1e-4,
 )
-_METHODS.update({name: _FEATURES[name] for name in ("at", "ofd", "reviewkd")})
+METHODS.update({name: _FEATURES[name] for name in ("at", "ofd", "reviewkd")})
 _RECIPES = {  # method -> (global batch, base lr) where its reference differs from the pair's
     "ofd": (256, 0.1),
     "reviewkd": (256, 0.1),
@@ -54,7 +54,7 @@ def get_config(arg=None):
     config = common.imagenet()  # batch 512, lr 0.2, 100 epochs, decay 30/60/90, wd 1e-4
     config.student = dict(name="resnet18")
     config.teacher = dict(name="resnet34", checkpoint="zoo:resnet34")
-    config.distiller = dict(_METHODS[arg.method])
+    config.distiller = dict(METHODS[arg.method])
     if arg.method in _RECIPES:
         config.batch_size, config.schedule.base_lr = _RECIPES[arg.method]
     return config

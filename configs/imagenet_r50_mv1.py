@@ -15,7 +15,7 @@ DKD 72.05, vanilla 68.87 (DKD paper). Feature-based rows of Table 2: at, ofd, re
 from luminet_jax import config_features
 from luminet_jax import config_lib as common
 
-_METHODS = {  # From the reference YAMLs; keys = get_distiller kwargs.
+METHODS = {  # From the reference YAMLs; keys = get_distiller kwargs.
     "vanilla": dict(name="vanilla"),
     "kd": dict(name="kd", ce_weight=0.5, kd_weight=0.5, temperature=1.0),
     # mdistiller configs/imagenet/*/dkd.yaml: beta 2.0, T 1, warmup 1, alpha its default 1.
@@ -40,7 +40,7 @@ _FEATURES = config_features.feature_methods(
     ),
     ofd_weight=1e-4,
 )
-_METHODS.update({name: _FEATURES[name] for name in ("at", "ofd", "reviewkd")})
+METHODS.update({name: _FEATURES[name] for name in ("at", "ofd", "reviewkd")})
 _RECIPES = {  # method -> (global batch, base lr) of its YAML where it differs from the pair's
     "at": (512, 0.2),
     "ofd": (128, 0.05),
@@ -55,7 +55,7 @@ def get_config(arg=None):
     config.schedule.base_lr = 0.1
     config.student = dict(name="mobilenet_v1")
     config.teacher = dict(name="resnet50", checkpoint="zoo:resnet50")
-    config.distiller = dict(_METHODS[arg.method])
+    config.distiller = dict(METHODS[arg.method])
     if arg.method in _RECIPES:
         config.batch_size, config.schedule.base_lr = _RECIPES[arg.method]
     return config

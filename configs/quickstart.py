@@ -26,7 +26,7 @@ TEACHER_HINT = (
 
 # Short-run settings for 10 classes. LumiNet: LumiNet's default ce 2 / T 4 with alpha
 # lowered from 31 (tuned for 100 classes over 240 epochs) and a 1-epoch ramp.
-_METHODS = {
+METHODS = {
     "vanilla": dict(name="vanilla"),
     "kd": dict(name="kd", ce_weight=0.1, kd_weight=0.9, temperature=4.0),
     "dkd": dict(name="dkd", ce_weight=1.0, alpha=1.0, beta=2.0, temperature=4.0, warmup_epochs=2),
@@ -54,11 +54,11 @@ def get_config(arg=None):
     if arg.method == "teacher":  # vanilla training of the teacher model
         config.student = dict(name=TEACHER)
         config.teacher = dict(name="", checkpoint="")
-        config.distiller = dict(_METHODS["vanilla"])
+        config.distiller = dict(METHODS["vanilla"])
         return config
-    if arg.method not in _METHODS:
-        raise ValueError(f"Unknown method {arg.method!r}; known: teacher, {sorted(_METHODS)}")
+    if arg.method not in METHODS:
+        raise ValueError(f"Unknown method {arg.method!r}; known: teacher, {sorted(METHODS)}")
     config.student = dict(name=STUDENT)
     config.teacher = dict(name=TEACHER, checkpoint=arg.teacher_dir)
-    config.distiller = dict(_METHODS[arg.method])
+    config.distiller = dict(METHODS[arg.method])
     return config

@@ -44,15 +44,15 @@ _DETECTOR = dict(
     score_thresh=0.001,
 )
 # LumiNet on ImageNet's values (alpha 2, T 0.7); detection ones are unpublished.
-_METHODS = common.detection_methods(luminet=dict(alpha=2.0, temperature=0.7))
+METHODS = common.detection_methods(luminet=dict(alpha=2.0, temperature=0.7))
 
 
 def get_config(arg=None):
     """`arg`: `method=vanilla|kd|dkd|luminet|teacher` (default vanilla), `data=DIR`,
     `steps=S`."""
     arg = common.parse_arg(arg, method="vanilla", data="/tmp/tiny-boxes", steps=2000)
-    if arg.method not in (*_METHODS, "teacher"):
-        raise ValueError(f"Unknown method {arg.method!r}; known: teacher, {sorted(_METHODS)}")
+    if arg.method not in (*METHODS, "teacher"):
+        raise ValueError(f"Unknown method {arg.method!r}; known: teacher, {sorted(METHODS)}")
     config = common.detection()
     config.dataset.update(
         name=f"coco_dir:{arg.data}",
@@ -77,7 +77,7 @@ def get_config(arg=None):
     config.student = dict(name="faster_rcnn_r18_fpn", backbone_checkpoint="", **_DETECTOR)
     config.teacher = dict(name="faster_rcnn_r18_fpn", checkpoint="", stem_channels=64)
     method = "vanilla" if arg.method == "teacher" else arg.method
-    config.distiller = dict(_METHODS[method])
+    config.distiller = dict(METHODS[method])
     if arg.method == "teacher":
         config.student.stem_channels = 64
         config.teacher = dict(name="", checkpoint="")

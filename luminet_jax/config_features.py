@@ -56,6 +56,34 @@ def feature_methods(
     return table
 
 
+def extra_methods(peer: str) -> dict[str, dict[str, Any]]:
+    """The rows the two CIFAR-100 pairs of Table 3 add: DML, CRD and CRD+KD.
+
+    DML (Zhang et al. 2018): CE 1 + KL(peer || self) 1 at T 1 for each student; the peer is
+    the teacher's architecture (`peer`) trained from scratch beside the student, as in the
+    DKD paper's tables (DESIGN.md section 6); no teacher checkpoint is read (the pair file
+    sets config.student.peers). CRD: mdistiller's engine/cfg.py CRD section and
+    configs/cifar100/crd.yaml (CE 1, CRD 0.8, 128-d embeddings, K 16384 negatives of other
+    classes, NCE T 0.07, momentum 0.5, "exact"). CRD+KD: RepDistiller's `-r 1 -a 1 -b 0.8`
+    (KD 1 at T 4 added).
+    """
+    del peer  # the same values for every pair; the name documents the cohort
+    crd = dict(
+        ce_weight=1.0,
+        feat_weight=0.8,
+        feat_dim=128,
+        num_negatives=16384,
+        temperature=0.07,
+        momentum=0.5,
+        mode="exact",
+    )
+    return {
+        "dml": dict(name="dml", ce_weight=1.0, kd_weight=1.0, temperature=1.0),
+        "crd": dict(name="crd", **crd),
+        "crd_kd": dict(name="crd_kd", **crd, kd_weight=1.0, kd_temperature=4.0),
+    }
+
+
 def cifar_reviewkd(
     weight: float,
     in_channels: tuple[int, ...],

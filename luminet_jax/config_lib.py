@@ -44,8 +44,10 @@ from typing import Any
 
 import ml_collections
 
-# Methods every CIFAR pair file defines (keys of its method table).
-CIFAR_METHODS = ("vanilla", "kd", "dkd", "luminet", "kd_ls", "dkd_ls")
+# The logit rows of the paper's tables, and the methods every CIFAR pair file defines (keys
+# of its method table, `cifar_methods`).
+PAPER_LOGIT_METHODS = ("vanilla", "kd", "dkd", "luminet")
+CIFAR_METHODS = (*PAPER_LOGIT_METHODS, "kd_ls", "dkd_ls")
 
 
 def _convert(text: str, default: Any) -> Any:

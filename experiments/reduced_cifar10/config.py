@@ -21,16 +21,14 @@ METHODS = {name: dict(_FEATURES[name]) for name in ("fitnet", "at", "rkd", "ofd"
 # Reference: mdistiller ramps ReviewKD's weight over 20 of 240 epochs; here over 2 of 15, as
 # LumiNet's and DKD's ramps in this study.
 METHODS["reviewkd"]["warmup_epochs"] = 2
-# CRD: mdistiller's values (configs/cifar100_res56_res20.py); Reference: K = 16,384
-# negatives is a third of CIFAR-100's 50,000 samples and more than the sample's 3,000, so K
-# here is 1,024, a third of the 3,000 (drawn from the 2,700 samples of the other classes).
-METHODS["crd"] = dict(
-    name="crd", ce_weight=1.0, feat_weight=0.8, feat_dim=128, num_negatives=1024,
-    temperature=0.07, momentum=0.5, mode="exact",
-)  # fmt: skip
-# DML: CE 1 + KL(peer || self) 1 at T 1; the peer is the teacher's architecture (resnet20)
-# trained from scratch beside the student (DESIGN.md section 6); no teacher is read.
-METHODS["dml"] = dict(name="dml", ce_weight=1.0, kd_weight=1.0, temperature=1.0)
+_EXTRA = config_features.extra_methods(peer=TEACHER)
+# CRD: mdistiller's values; Reference: K = 16,384 negatives is a third of CIFAR-100's 50,000
+# samples and more than the sample's 3,000, so K here is 1,024, a third of the 3,000 (drawn
+# from the 2,700 samples of the other classes).
+METHODS["crd"] = dict(_EXTRA["crd"], num_negatives=1024)
+# DML: the peer is the teacher's architecture (resnet20) trained from scratch beside the
+# student (DESIGN.md section 6); no teacher is read.
+METHODS["dml"] = _EXTRA["dml"]
 
 
 def get_config(arg=None):

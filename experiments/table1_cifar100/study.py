@@ -1,9 +1,11 @@
 """Table 1: the CIFAR-100 pairs (config files) and the published top-1 numbers."""
 
+from luminet_jax import config_features, config_lib
+
 # The LumiNet rows, then the feature-based baselines of the paper's comparison (every pair's
 # config defines them; values in luminet_jax/config_features.py and the pair files).
-LOGIT_METHODS = ("vanilla", "kd", "dkd", "luminet")
-FEATURE_METHODS = ("fitnet", "at", "rkd", "pkt", "sp", "vid", "nst", "kdsvd", "ofd", "reviewkd")
+LOGIT_METHODS = config_lib.PAPER_LOGIT_METHODS
+FEATURE_METHODS = (*config_features.FEATURE_METHODS, "reviewkd")
 METHODS = LOGIT_METHODS  # what run.py launches by default (--methods picks others)
 ROWS = LOGIT_METHODS + FEATURE_METHODS  # the collected table's row order
 
