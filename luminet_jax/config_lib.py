@@ -40,9 +40,11 @@ misspelled key fails at start-up with a TypeError.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ml_collections
+if TYPE_CHECKING:
+    import ml_collections
+
 
 # The logit rows of the paper's tables, and the methods every CIFAR pair file defines (keys
 # of its method table, `cifar_methods`).
@@ -79,6 +81,8 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
     Returns:
       A ConfigDict with one entry per key of `spec`.
     """
+    import ml_collections  # noqa: PLC0415  (method tables import without it)
+
     out = dict(spec)
     first = next(iter(spec), None)
     for token in (arg or "").split(","):
@@ -97,6 +101,8 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
 
 def base(**overrides: Any) -> ml_collections.ConfigDict:
     """All sections with neutral defaults; the recipe helpers below fill them in."""
+    import ml_collections  # noqa: PLC0415  (method tables import without it)
+
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.seeds = ""  # "0,1,2": one independent run per seed in one job (W/seed{k}/)
