@@ -252,96 +252,103 @@ def _tiny_imagenet_builder(data_dir):
     return builder
 
 
+# TFDS datasets: name -> the `_tfds_source` arguments besides the builder and the hint.
+_CIFAR = dict(image_size=32, native_size=32, train="train", evl="test", augment="cifar")
+_TFDS = {
+    "cifar10": dict(mean=stats.CIFAR10_MEAN, std=stats.CIFAR10_STD, **_CIFAR),
+    "cifar100": dict(mean=stats.CIFAR100_MEAN, std=stats.CIFAR100_STD, **_CIFAR),
+    "imagenet2012": dict(
+        mean=stats.IMAGENET_MEAN,
+        std=stats.IMAGENET_STD,
+        image_size=224,
+        native_size=None,
+        train="train",
+        evl="validation",
+        augment="imagenet",
+        imagenet_eval=True,
+    ),
+}
+
+
+def _cifar100_local(data_dir) -> Source:
+    dirs = local.default_dirs(data_dir)
+    path = local.find_cifar100_python(dirs)
+    if path is None:
+        raise FileNotFoundError(
+            f"cifar100_local: no {local.CIFAR100_ARCHIVE} (or {local.CIFAR100_FOLDER}/) in "
+            f"{' or '.join(map(str, dirs))}. Download it with "
+            f"`wget -P {dirs[0]} {local.CIFAR100_URL}` (or pass data_dir=<its folder>)."
+        )
+    return _local_source(
+        local.cifar100_python(os.fspath(path)),
+        mean=stats.CIFAR100_MEAN,
+        std=stats.CIFAR100_STD,
+        eval_split="test",
+        native_size=32,
+    )
+
+
+def _cifar10_sample(data_dir) -> Source:
+    candidates = [pathlib.Path(data_dir) / SAMPLE_ARCHIVE] if data_dir else []
+    candidates.append(ASSETS / SAMPLE_ARCHIVE)
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(
+            f"cifar10_sample: {SAMPLE_ARCHIVE} not found in {' or '.join(map(str, candidates))}"
+            "; it ships in the repository's assets/ (rebuild: assets/make_cifar10_sample.py)."
+        )
+    return _local_source(
+        local.image_folder(os.fspath(path)),
+        mean=stats.CIFAR10_MEAN,
+        std=stats.CIFAR10_STD,
+        eval_split="test",
+        native_size=32,
+    )
+
+
+def _image_folder(path: str) -> Source:
+    data = local.image_folder(os.fspath(pathlib.Path(path).expanduser()))
+    height, width = local.first_image_shape(data, "train")
+    # Reference: no dataset statistics for arbitrary folders; ImageNet's are the usual default.
+    # Images of other sizes than the first one are resized to it (or to image_size).
+    return _local_source(
+        data,
+        mean=stats.IMAGENET_MEAN,
+        std=stats.IMAGENET_STD,
+        eval_split=local.eval_split_name(data),
+        native_size=None,
+        image_size=min(height, width),
+    )
+
+
+def _tiny_imagenet(data_dir) -> Source:
+    return _tfds_source(
+        _tiny_imagenet_builder(data_dir),
+        mean=stats.TINY_IMAGENET_MEAN,
+        std=stats.TINY_IMAGENET_STD,
+        image_size=64,
+        native_size=64,
+        train="train",
+        evl="validation",
+        augment="cifar",
+        hint="",
+    )
+
+
+_LOCAL = {
+    "tiny_imagenet": _tiny_imagenet,
+    "cifar100_local": _cifar100_local,
+    "cifar10_sample": _cifar10_sample,
+}
+
+
 def get_source(name: str, data_dir=None) -> Source:
     """Resolves a dataset name to a `Source` (raises ValueError listing known names)."""
-    cifar = dict(image_size=32, native_size=32, train="train", evl="test", augment="cifar")
-    if name == "cifar10":
-        builder = _tfds().builder("cifar10", data_dir=data_dir)
-        return _tfds_source(
-            builder,
-            mean=stats.CIFAR10_MEAN,
-            std=stats.CIFAR10_STD,
-            hint=_tfds_hint(name, data_dir),
-            **cifar,
-        )
-    if name == "cifar100":
-        builder = _tfds().builder("cifar100", data_dir=data_dir)
-        return _tfds_source(
-            builder,
-            mean=stats.CIFAR100_MEAN,
-            std=stats.CIFAR100_STD,
-            hint=_tfds_hint(name, data_dir),
-            **cifar,
-        )
-    if name == "imagenet2012":
-        builder = _tfds().builder("imagenet2012", data_dir=data_dir)
-        return _tfds_source(
-            builder,
-            mean=stats.IMAGENET_MEAN,
-            std=stats.IMAGENET_STD,
-            image_size=224,
-            native_size=None,
-            train="train",
-            evl="validation",
-            augment="imagenet",
-            hint=_tfds_hint(name, data_dir),
-            imagenet_eval=True,
-        )
-    if name == "tiny_imagenet":
-        return _tfds_source(
-            _tiny_imagenet_builder(data_dir),
-            mean=stats.TINY_IMAGENET_MEAN,
-            std=stats.TINY_IMAGENET_STD,
-            image_size=64,
-            native_size=64,
-            train="train",
-            evl="validation",
-            augment="cifar",
-            hint="",
-        )
-    if name == "cifar100_local":
-        dirs = local.default_dirs(data_dir)
-        path = local.find_cifar100_python(dirs)
-        if path is None:
-            raise FileNotFoundError(
-                f"cifar100_local: no {local.CIFAR100_ARCHIVE} (or {local.CIFAR100_FOLDER}/) in "
-                f"{' or '.join(map(str, dirs))}. Download it with "
-                f"`wget -P {dirs[0]} {local.CIFAR100_URL}` (or pass data_dir=<its folder>)."
-            )
-        return _local_source(
-            local.cifar100_python(os.fspath(path)),
-            mean=stats.CIFAR100_MEAN,
-            std=stats.CIFAR100_STD,
-            eval_split="test",
-            native_size=32,
-        )
-    if name == "cifar10_sample":
-        candidates = [pathlib.Path(data_dir) / SAMPLE_ARCHIVE] if data_dir else []
-        candidates.append(ASSETS / SAMPLE_ARCHIVE)
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            raise FileNotFoundError(
-                f"cifar10_sample: {SAMPLE_ARCHIVE} not found in {' or '.join(map(str, candidates))}"
-                "; it ships in the repository's assets/ (rebuild: assets/make_cifar10_sample.py)."
-            )
-        return _local_source(
-            local.image_folder(os.fspath(path)),
-            mean=stats.CIFAR10_MEAN,
-            std=stats.CIFAR10_STD,
-            eval_split="test",
-            native_size=32,
-        )
+    if name in _TFDS:
+        builder = _tfds().builder(name, data_dir=data_dir)
+        return _tfds_source(builder, hint=_tfds_hint(name, data_dir), **_TFDS[name])
+    if name in _LOCAL:
+        return _LOCAL[name](data_dir)
     if name.startswith("image_folder:"):
-        data = local.image_folder(os.fspath(pathlib.Path(name.split(":", 1)[1]).expanduser()))
-        height, width = local.first_image_shape(data, "train")
-        # Reference: no dataset statistics for arbitrary folders; ImageNet's are the usual default.
-        # Images of other sizes than the first one are resized to it (or to image_size).
-        return _local_source(
-            data,
-            mean=stats.IMAGENET_MEAN,
-            std=stats.IMAGENET_STD,
-            eval_split=local.eval_split_name(data),
-            native_size=None,
-            image_size=min(height, width),
-        )
+        return _image_folder(name.split(":", 1)[1])
     raise ValueError(f"Unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
