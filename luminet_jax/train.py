@@ -109,14 +109,15 @@ class _Run:
                 json.dump(self.summary, f, indent=1)
 
 
-def _start(task: tasks.Task, infos: list[members.RunInfo], mesh, keep: int):
+def _start(task: tasks.Task, seeds: list[int], workdir: str, mesh, *, keep: int, total: int):
     """(initial state, the runs' sinks, start step): fresh, or resumed from the runs' latest
-    checkpoints (which must be at one step)."""
+    checkpoints (which must be at one step); the sinks open and get the teacher's metric."""
     replicated = sharding.replicated(mesh)
     init = jax.jit(task.init, out_shardings=replicated)
     state = init(jnp.asarray(task.seed, jnp.uint32), task.teacher_variables)
     if task.prepare_state is not None:
         state = task.join([task.prepare_state(s) for s in task.runs(state)])
+    infos = members.run_infos(workdir, seeds)
     runs = [_Run(info, metric=task.metric, keep=keep) for info in infos]
     restored = [run.ckpt.restore_or(s) for run, s in zip(runs, task.runs(state))]
     starts = sorted({int(jax.device_get(r.step)) for r in restored})
@@ -125,32 +126,49 @@ def _start(task: tasks.Task, infos: list[members.RunInfo], mesh, keep: int):
             f"The checkpoints of {[i.workdir for i in infos]} are at different steps {starts}; "
             "remove the newer ones' latest checkpoints (or all) to resume them together."
         )
-    return jax.device_put(task.join(restored), replicated), runs, starts[0]
+    state, step = jax.device_put(task.join(restored), replicated), starts[0]
+    first = task.runs(state)[0]
+    logging.info(
+        "%s (%d params, %d extra from the distiller)%s; %d steps/epoch, %d total, starting at %d.",
+        task.describe,
+        sum(x.size for x in jax.tree.leaves(first.params)),
+        sum(x.size for x in jax.tree.leaves(first.extra_params)),
+        members.describe(seeds),
+        task.steps_per_epoch,
+        total,
+        step,
+    )
+    for run in runs:
+        run.open(step)
+    if task.evaluate_teacher is not None:
+        value = task.evaluate_teacher()[task.metric]
+        for run in runs:
+            run.teacher(step, value)
+        logging.info("Teacher %s %s %.4f", task.teacher_name, task.metric, value)
+    return state, runs, step
+
+
+def _save(runs: list[_Run], task: tasks.Task, state: Any, step: int, *, missing: bool = False):
+    """Checkpoints every run at `step` (with `missing`: only those without one there)."""
+    for run, run_state in zip(runs, task.runs(state)):
+        if not (missing and run.ckpt.latest_step() == step):
+            run.ckpt.save(step, run_state)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains and evaluates the model described by `config`, in `workdir`.
-
-    With `config.seeds = "0,1,2"` it trains one independent student per seed in the same
-    compiled step (`luminet_jax.members`), each written to `workdir/seed{k}/` exactly as a
-    run with `config.seed = k` writes `workdir/`.
-
-    Args:
-      config: a config as built by `configs/*.py` (see luminet_jax/config_lib.py);
-        `config.task` picks the task (default "classification"; `luminet_jax.tasks`).
-      workdir: where checkpoints (`ckpt/`), `metrics.jsonl`, TensorBoard files and
-        `summary.json` go. A checkpoint already there is resumed from.
+    """Trains and evaluates the model of `config` (configs/*.py; `config.task` picks the
+    task) in `workdir` (`ckpt/`, `metrics.jsonl`, TensorBoard files, `summary.json`),
+    resuming from a checkpoint there. `config.seeds = "0,1,2"` trains one student per seed
+    in one compiled step, each in `workdir/seed{k}/` as a run with `config.seed = k`.
 
     Returns:
       The summary ("best_M", "last_M", "teacher_M" for the task's primary metric M: top1
-      for classification, AP for detection; "steps", "steps_per_epoch", "wall_s") plus
-      "state", the final `TrainState`; with seeds, those as lists, "members" (one summary
-      per seed, in order), "seeds" and "state" stacked along a leading members axis.
+      or AP; "steps", "steps_per_epoch", "wall_s") and "state", the final `TrainState`
+      (with seeds: lists, "members" (a summary per seed), "seeds" and the stacked state).
 
     Raises:
       ValueError: an unknown task, a batch size that does not divide over the devices, a
-        missing teacher checkpoint, a teacher checkpoint that does not match the teacher
-        model, seeds that repeat (or seeds for a task without them).
+        missing or mismatched teacher checkpoint, repeated seeds (or seeds for detection).
       FloatingPointError: a non-finite loss (or gradient norm), naming the step.
     """
     start_time = time.time()
@@ -159,33 +177,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sharding.check_global_batch(config.eval_batch_size, mesh)
     seeds = members.parse_seeds(config.get("seeds", ""))
     task = members.for_seeds(tasks.build(config, mesh=mesh), seeds, mesh)
-    spe, metric = task.steps_per_epoch, task.metric
+    spe = task.steps_per_epoch
     total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * spe
     eval_every = config.eval_every_steps or config.eval_every_epochs * spe
-    infos = members.run_infos(workdir, seeds)
-    state, runs, step = _start(task, infos, mesh, config.keep_checkpoints)
-    first = task.runs(state)[0]
-    logging.info(
-        "%s (%d params, %d extra from the distiller)%s; %d steps/epoch, %d total, starting at %d.",
-        task.describe,
-        sum(x.size for x in jax.tree.leaves(first.params)),
-        sum(x.size for x in jax.tree.leaves(first.extra_params)),
-        members.describe(seeds),
-        spe,
-        total,
-        step,
+    state, runs, step = _start(
+        task, seeds, workdir, mesh, keep=config.keep_checkpoints, total=total
     )
     next_batch = task.train_batches(step, task.seed)
     # Opt-in CPU speed-up: convolution weight gradients as matmuls (numerically the same).
     fast = fast_conv.wrap(task.train_step, bool(config.fast_conv), config.fast_conv or "pointwise")
     train_step = sharding.shard_train_step(fast, mesh, task.batch_spec)
-    for run in runs:
-        run.open(step)
-    if task.evaluate_teacher is not None:
-        value = task.evaluate_teacher()[metric]
-        for run in runs:
-            run.teacher(step, value)
-        logging.info("Teacher %s %s %.4f", task.teacher_name, metric, value)
 
     def run_eval(at: int) -> None:
         for run, run_state in zip(runs, task.runs(state)):
@@ -218,16 +219,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if at_eval:
                     run_eval(step)
                 if at_ckpt or stopping:
-                    for run, run_state in zip(runs, task.runs(state)):
-                        run.ckpt.save(step, run_state)
+                    _save(runs, task, state, step)
                 if stopping:
                     logging.warning("Interrupted: saved a checkpoint at step %d.", step)
                     raise stop.exception()
             if min(run.last_eval_step for run in runs) != step:  # e.g. resuming a finished run
                 run_eval(step)
-            for run, run_state in zip(runs, task.runs(state)):
-                if run.ckpt.latest_step() != step:
-                    run.ckpt.save(step, run_state)
+            _save(runs, task, state, step, missing=True)
             wall_s = time.time() - start_time
             summaries = [run.finish(step, steps_per_epoch=spe, wall_s=wall_s) for run in runs]
         finally:

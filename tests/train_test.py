@@ -9,6 +9,7 @@ does not.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pathlib
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from luminet_jax import checkpoint, metrics_io, sharding, train
+from luminet_jax import checkpoint, distillers, metrics_io, sharding, train
 from luminet_jax.tasks import classification
 
 
@@ -286,3 +287,42 @@ def test_metric_writer_writes_tensorboard_events(tmp_path):
     assert sorted(tb.Tags()["scalars"]) == ["eval/top1", "train/loss"]
     assert [(e.step, e.value) for e in tb.Scalars("train/loss")] == [(1, 2.5), (2, 1.25)]
     assert [(e.step, e.value) for e in tb.Scalars("eval/top1")] == [(2, 0.5)]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ToyDistiller(distillers.base.Distiller):
+    """A new method as a user writes one: CE + weight * mse(pooled_s @ W, pooled_t), with a
+    learnable W and a count of its calls as state. Nothing else in the code knows it."""
+
+    uses_feats = True
+    weight: float = 0.5
+
+    def init(self, rng, s_feats, t_feats, **context):
+        del context
+        shape = (s_feats["pooled"].shape[-1], t_feats["pooled"].shape[-1])
+        w = 0.1 * jax.random.normal(rng, shape, s_feats["pooled"].dtype)
+        return {"params": {"w": w}, "state": {"calls": jax.numpy.zeros((), jax.numpy.int32)}}
+
+    def loss(self, x):
+        pred = x.s_feats["pooled"] @ x.extra["params"]["w"]
+        mse = jax.numpy.mean((pred - x.t_feats["pooled"]) ** 2)
+        mse = mse if x.axis_name is None else jax.lax.pmean(mse, x.axis_name)
+        ce = distillers.softmax_xent(x.s_logits, x.labels, axis_name=x.axis_name)
+        state = {"calls": x.extra["state"]["calls"] + 1}
+        return distillers.LossOutput(
+            ce + self.weight * mse, {"loss_ce": ce, "loss_kd": self.weight * mse}, state
+        )
+
+
+def test_a_new_distiller_is_one_class_and_one_registry_line(
+    teacher_run, colour_data, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(distillers.DISTILLERS, "toy", ToyDistiller)  # the registry line
+    config = _config("kd", steps=2, teacher_dir=teacher_run[0], data=colour_data)
+    config.distiller = dict(name="toy", weight=0.5)
+    result = train.train_and_evaluate(config, str(tmp_path))
+    state = result["state"]
+    assert result["steps"] == 2 and int(state.extra_state["calls"]) == 2
+    assert state.extra_params["w"].shape == (64, 64)
+    kd = _losses(str(tmp_path), "train/loss_kd")
+    assert len(kd) == 2 and all(np.isfinite(kd)) and min(kd) > 0

@@ -208,6 +208,23 @@ def _eval_record(m: dict[str, float]) -> dict[str, float]:
     }
 
 
+def _models(config: Any, info: Any, distiller: Any, mesh: Any):
+    """(student, teacher, teacher's variables replicated on `mesh`, teacher's name); the
+    teacher entries are None and "" for a distiller without a teacher."""
+    dtype = jnp.dtype(config.compute_dtype) if config.compute_dtype else None
+    kw = dict(num_classes=info.num_classes, dtype=dtype)
+    student = models.get_model(**config.student, **kw, axis_name=AXIS)
+    if not distiller.uses_teacher:
+        return student, None, None, ""
+    # Further keys of the teacher section are model fields (e.g. a ViT's patch_size).
+    fields = {k: v for k, v in config.teacher.items() if k not in ("name", "checkpoint")}
+    size = config.dataset.image_size or info.image_size
+    teacher, variables, name = build_teacher(
+        config.teacher.name, config.teacher.checkpoint, image_size=size, model_kwargs=fields, **kw
+    )
+    return student, teacher, jax.device_put(variables, sharding.replicated(mesh)), name
+
+
 def build(config: Any, *, mesh: Any) -> base.Task:
     """The classification task of `config` (see luminet_jax/config_lib.py).
 
@@ -220,25 +237,7 @@ def build(config: Any, *, mesh: Any) -> base.Task:
     distiller = distillers.get_distiller(**config.distiller)
     ds = config.dataset
     info = sources.get_source(ds.name, ds.data_dir or None).info
-    num_classes = info.num_classes
-    dtype = jnp.dtype(config.compute_dtype) if config.compute_dtype else None
-    student = models.get_model(
-        **config.student, num_classes=num_classes, dtype=dtype, axis_name=AXIS
-    )
-    teacher, teacher_vars, teacher_name = None, None, ""
-    if distiller.uses_teacher:
-        # Further keys of the teacher section are model fields (e.g. a ViT's patch_size).
-        fields = {k: v for k, v in config.teacher.items() if k not in ("name", "checkpoint")}
-        teacher, teacher_vars, teacher_name = build_teacher(
-            config.teacher.name,
-            config.teacher.checkpoint,
-            num_classes=num_classes,
-            image_size=ds.image_size or info.image_size,
-            dtype=dtype,
-            model_kwargs=fields,
-        )
-        teacher_vars = jax.device_put(teacher_vars, sharding.replicated(mesh))
-
+    student, teacher, teacher_vars, teacher_name = _models(config, info, distiller, mesh)
     data = _make_data(
         ds,
         info,
@@ -259,7 +258,7 @@ def build(config: Any, *, mesh: Any) -> base.Task:
             distiller,
             d_rng,
             student=(student, variables),
-            teacher=(teacher, teacher_variables) if distiller.uses_teacher else None,
+            teacher=(teacher, teacher_variables) if teacher is not None else None,
             image_size=size,
             num_train=info.num_train,
             names=(config.student.name, teacher_name),
@@ -273,19 +272,19 @@ def build(config: Any, *, mesh: Any) -> base.Task:
         def prepare_state(state):
             return state.replace(extra_state=distiller.data_state(state.extra_state, train_labels))
 
-    eval_step = sharding.shard_eval_step(steps.make_eval_step(student, axis_name=AXIS), mesh)
-
-    def evaluate(state):
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        return _eval_record(evaluation.evaluate(eval_step, variables, data.eval_batches()))
-
-    evaluate_teacher = None
-    if distiller.uses_teacher and config.eval_teacher:
-
-        def evaluate_teacher():
-            t_step = sharding.shard_eval_step(steps.make_eval_step(teacher, axis_name=AXIS), mesh)
-            return evaluation.evaluate(t_step, teacher_vars, data.eval_batches())
-
+    evaluate, evaluate_teacher = _evaluation(
+        student, teacher, teacher_vars if config.eval_teacher else None, data, mesh
+    )
+    train_step = steps.make_train_step(
+        student,
+        teacher,
+        distiller,
+        tx,
+        steps_per_epoch=steps_per_epoch,
+        axis_name=AXIS,
+        lr_fn=lr_fn,
+        dropout_seed=config.seed,
+    )
     return base.Task(
         metric="top1",
         steps_per_epoch=steps_per_epoch,
@@ -293,16 +292,7 @@ def build(config: Any, *, mesh: Any) -> base.Task:
         init=init,
         teacher_variables=teacher_vars,
         train_batches=data.train_batches,
-        train_step=steps.make_train_step(
-            student,
-            teacher,
-            distiller,
-            tx,
-            steps_per_epoch=steps_per_epoch,
-            axis_name=AXIS,
-            lr_fn=lr_fn,
-            dropout_seed=config.seed,
-        ),
+        train_step=train_step,
         evaluate=evaluate,
         evaluate_teacher=evaluate_teacher,
         prepare_state=prepare_state,
@@ -310,3 +300,18 @@ def build(config: Any, *, mesh: Any) -> base.Task:
         describe=f"Student {config.student.name}",
         teacher_name=teacher_name,
     )
+
+
+def _evaluation(student: Any, teacher: Any, teacher_vars: Any, data: _Data, mesh: Any):
+    """(evaluate(state), evaluate_teacher() or None without `teacher_vars`): top-1, top-5 and
+    loss over the eval split."""
+    eval_step = sharding.shard_eval_step(steps.make_eval_step(student, axis_name=AXIS), mesh)
+
+    def evaluate(state):
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        return _eval_record(evaluation.evaluate(eval_step, variables, data.eval_batches()))
+
+    if teacher_vars is None:
+        return evaluate, None
+    t_step = sharding.shard_eval_step(steps.make_eval_step(teacher, axis_name=AXIS), mesh)
+    return evaluate, lambda: evaluation.evaluate(t_step, teacher_vars, data.eval_batches())

@@ -140,6 +140,45 @@ def teacher_hint(config: Any, *, prog: str) -> str:
     )
 
 
+def _checked_distiller(config: Any) -> Any:
+    """The config's distiller; seeds in one job and feature distillers are refused."""
+    if config.get("seeds", ""):
+        raise ValueError(
+            f"config.seeds={config.seeds!r}: several seeds in one job are not supported for "
+            "detection; run one job per seed (--config.seed=K)."
+        )
+    distiller = distillers.get_distiller(**config.distiller)
+    if distiller.uses_feats or distiller.uses_train_labels:
+        raise ValueError(
+            f"distiller {config.distiller.name!r} is not supported for detection: only logit "
+            "distillers (on the RoI head's class logits) are."
+        )
+    return distiller
+
+
+def _detectors(config: Any, num_classes: int, uses_teacher: bool, mesh: Any):
+    """(student, teacher, the teacher's variables replicated on `mesh`, the converter of the
+    student's input to the teacher's own pixel normalization or None); the teacher's entries
+    are None for a distiller without a teacher."""
+    ds, t = config.dataset, config.teacher
+    dtype = jnp.dtype(config.compute_dtype) if config.compute_dtype else None
+    fields = _fields(config.student, _STUDENT_EXTRA)
+    student = rcnn.get_detector(config.student.name, num_classes=num_classes, dtype=dtype, **fields)
+    if not uses_teacher:
+        return student, None, None, None
+    own = (t.get("mean", ds.mean), t.get("std", ds.std), t.get("bgr", ds.bgr))
+    teacher_input = distill.pixel_converter((ds.mean, ds.std, ds.bgr), own)
+    t_fields = {**fields, **_fields(t, _TEACHER_EXTRA)}
+    teacher = rcnn.get_detector(t.name, num_classes=num_classes, dtype=dtype, **t_fields)
+    if not t.checkpoint:
+        raise base.missing_teacher(config)
+    logging.info("Loading teacher %s from %s", t.name, t.checkpoint)
+    variables = jax.device_put(
+        load_detector_variables(t.checkpoint, teacher), sharding.replicated(mesh)
+    )
+    return student, teacher, variables, teacher_input
+
+
 def build(config: Any, *, mesh: Any) -> base.Task:
     """The detection task of `config` (see the module docstring for its sections).
 
@@ -147,52 +186,17 @@ def build(config: Any, *, mesh: Any) -> base.Task:
       ValueError: seeds in one job, a feature distiller, a training split smaller than one
         batch, a teacher checkpoint that does not match the teacher detector.
     """
-    if config.get("seeds", ""):
-        raise ValueError(
-            f"config.seeds={config.seeds!r}: several seeds in one job are not supported for "
-            "detection; run one job per seed (--config.seed=K)."
-        )
-    distiller = distillers.get_distiller(**config.distiller)
+    distiller = _checked_distiller(config)
     uses_teacher = distiller.uses_teacher
-    if distiller.uses_feats or distiller.uses_train_labels:
-        raise ValueError(
-            f"distiller {config.distiller.name!r} is not supported for detection: only logit "
-            "distillers (on the RoI head's class logits) are."
-        )
     ds = config.dataset
     source = sources.get_source(ds.name, ds.data_dir or None)
-    train_split, eval_split = source.split(source.train_split), source.split(source.eval_split)
-    train_kwargs, eval_kwargs = _data_kwargs(ds)
-    steps_per_epoch = data.train_steps_per_epoch(
-        train_split,
-        global_batch=config.batch_size,
-        process_count=jax.process_count(),
-        filter_empty=ds.filter_empty,
-    )
-    if steps_per_epoch <= 0:
-        raise ValueError(f"{train_split.size} training images < batch {config.batch_size}")
-    dtype = jnp.dtype(config.compute_dtype) if config.compute_dtype else None
-    fields = _fields(config.student, _STUDENT_EXTRA)
+    steps_per_epoch, train_batches, eval_batches, gt = _batches(config, source, mesh)
     num_classes = source.num_classes
-    student = rcnn.get_detector(config.student.name, num_classes=num_classes, dtype=dtype, **fields)
-    pad_size = tuple(ds.pad_size)
-
-    teacher, teacher_vars, teacher_input = None, None, None
-    if uses_teacher:
-        t = config.teacher
-        own = (t.get("mean", ds.mean), t.get("std", ds.std), t.get("bgr", ds.bgr))
-        teacher_input = distill.pixel_converter((ds.mean, ds.std, ds.bgr), own)
-        t_fields = {**fields, **_fields(config.teacher, _TEACHER_EXTRA)}
-        teacher = rcnn.get_detector(
-            config.teacher.name, num_classes=num_classes, dtype=dtype, **t_fields
-        )
-        if not config.teacher.checkpoint:
-            raise base.missing_teacher(config)
-        logging.info("Loading teacher %s from %s", config.teacher.name, config.teacher.checkpoint)
-        teacher_vars = load_detector_variables(config.teacher.checkpoint, teacher)
-        teacher_vars = jax.device_put(teacher_vars, sharding.replicated(mesh))
-
+    student, teacher, teacher_vars, teacher_input = _detectors(
+        config, num_classes, uses_teacher, mesh
+    )
     tx, lr_fn = base.make_optimizer(config, steps_per_epoch)
+    pad_size = tuple(ds.pad_size)
 
     def init(seed, teacher_variables):
         del teacher_variables
@@ -217,6 +221,44 @@ def build(config: Any, *, mesh: Any) -> base.Task:
         teacher_input=teacher_input,
     )
 
+    predict = shard_predict(student, mesh)
+    evaluate_teacher = None
+    if uses_teacher and config.eval_teacher:
+        t_predict = shard_predict(teacher, mesh, teacher_input)
+        evaluate_teacher = lambda: coco.evaluate(t_predict, teacher_vars, eval_batches(), gt)  # noqa: E731
+    return base.Task(
+        metric="AP",
+        steps_per_epoch=steps_per_epoch,
+        seed=config.seed,
+        init=init,
+        teacher_variables=teacher_vars,
+        train_batches=train_batches,
+        train_step=train_step,
+        evaluate=lambda s: coco.evaluate(predict, steps.variables_of(s), eval_batches(), gt),
+        evaluate_teacher=evaluate_teacher,
+        prepare_state=prepare_state,
+        train_metric="fast_rcnn/cls_accuracy",
+        describe=f"Detector {config.student.name} ({num_classes} classes, {ds.name})",
+        teacher_name=config.teacher.name if uses_teacher else "",
+    )
+
+
+def _batches(config: Any, source: Any, mesh: Any):
+    """(steps per epoch, train_batches(start_step, seed) -> (step -> global batch),
+    eval_batches() -> one pass over the eval split in global batches, the eval split's
+    COCO ground truth)."""
+    ds = config.dataset
+    train_split, eval_split = source.split(source.train_split), source.split(source.eval_split)
+    train_kwargs, eval_kwargs = _data_kwargs(ds)
+    steps_per_epoch = data.train_steps_per_epoch(
+        train_split,
+        global_batch=config.batch_size,
+        process_count=jax.process_count(),
+        filter_empty=ds.filter_empty,
+    )
+    if steps_per_epoch <= 0:
+        raise ValueError(f"{train_split.size} training images < batch {config.batch_size}")
+
     def train_batches(start_step: int, seed: int):
         it = data.make_train_iter(
             train_split,
@@ -233,32 +275,7 @@ def build(config: Any, *, mesh: Any) -> base.Task:
         ):
             yield sharding.to_global(local, mesh)
 
-    predict = shard_predict(student, mesh)
-    gt = eval_split.gt()
-
-    def evaluate(state):
-        return coco.evaluate(predict, steps.variables_of(state), eval_batches(), gt)
-
-    evaluate_teacher = None
-    if uses_teacher and config.eval_teacher:
-        t_predict = shard_predict(teacher, mesh, teacher_input)
-        evaluate_teacher = lambda: coco.evaluate(t_predict, teacher_vars, eval_batches(), gt)  # noqa: E731
-
-    return base.Task(
-        metric="AP",
-        steps_per_epoch=steps_per_epoch,
-        seed=config.seed,
-        init=init,
-        teacher_variables=teacher_vars,
-        train_batches=train_batches,
-        train_step=train_step,
-        evaluate=evaluate,
-        evaluate_teacher=evaluate_teacher,
-        prepare_state=prepare_state,
-        train_metric="fast_rcnn/cls_accuracy",
-        describe=f"Detector {config.student.name} ({num_classes} classes, {ds.name})",
-        teacher_name=config.teacher.name if uses_teacher else "",
-    )
+    return steps_per_epoch, train_batches, eval_batches, eval_split.gt()
 
 
 def _backbone_loader(model: rcnn.FasterRCNN, path: str, tx: Any):
