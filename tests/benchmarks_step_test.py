@@ -44,6 +44,7 @@ def test_crd_and_dml_steps_report_extra_params_and_memories():
     assert all(r["ms_per_step"] > 0 for r in rows.values())
 
 
+@pytest.mark.integration
 def test_importable_without_tensorflow_and_ml_collections():
     code = (
         "import sys\n"

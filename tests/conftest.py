@@ -29,3 +29,42 @@ def shared_data() -> pathlib.Path:
     if not (SHARED_DATA / "DATA.md").exists():
         pytest.skip(f"{SHARED_DATA} is absent (only CI and developers have ../shared)")
     return SHARED_DATA
+
+
+# Test tiers. Unit tests (the default) run no training loop and start no Python subprocess;
+# tests that do are marked `integration` (a module's `pytestmark` or a test's mark). The
+# README's unit command is `-m "not slow and not integration"`, its integration command
+# `-m "integration and not slow"`; the guard below holds unit tests to their tier.
+_TIER_HINT = "mark the test (or its module) `integration`: unit tests do not {}"
+
+
+def _refuse(what: str):
+    def refuse(*args, **kwargs):
+        raise RuntimeError(_TIER_HINT.format(what))
+
+    return refuse
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if item.get_closest_marker("integration") or item.get_closest_marker("slow"):
+        yield
+        return
+    import subprocess  # noqa: PLC0415
+    from unittest import mock  # noqa: PLC0415
+
+    from luminet_jax import train  # noqa: PLC0415
+
+    popen_init = subprocess.Popen.__init__
+
+    def popen(self, args, *rest, **kwargs):
+        first = args[0] if isinstance(args, list | tuple) and args else args
+        if first == sys.executable:
+            raise RuntimeError(_TIER_HINT.format("start Python subprocesses"))
+        popen_init(self, args, *rest, **kwargs)
+
+    with (
+        mock.patch.object(train, "train_and_evaluate", _refuse("run train_and_evaluate")),
+        mock.patch.object(subprocess.Popen, "__init__", popen),
+    ):
+        yield

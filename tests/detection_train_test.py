@@ -49,6 +49,7 @@ def test_task_is_picked_by_config_task():
         tasks.task_name(config)
 
 
+@pytest.mark.integration
 def test_unknown_task_fails_clearly_in_the_loop(tmp_path):
     config = _smoke()
     config.task = "segmentation"
@@ -56,12 +57,14 @@ def test_unknown_task_fails_clearly_in_the_loop(tmp_path):
         train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.integration
 def test_seeds_in_one_job_are_refused_for_detection(tmp_path):
     with pytest.raises(ValueError, match="not supported for detection"):
         train.train_and_evaluate(_smoke(seeds="0,1"), str(tmp_path))
     assert not os.path.exists(tmp_path / "ckpt")
 
 
+@pytest.mark.integration
 def test_feature_distillers_are_refused_for_detection(tmp_path):
     config = _smoke()
     config.distiller = dict(name="fitnet")
@@ -168,6 +171,7 @@ def test_preflight_checks_detector_names_and_teacher_files(tmp_path):
     launch.preflight(_load("detection_smoke"))  # vanilla: no teacher needed
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # compiles the detector's train and predict steps (minutes on 2 CPU cores)
 def test_smoke_config_trains_evaluates_and_resumes(tmp_path):
     workdir = str(tmp_path / "run")
@@ -219,6 +223,7 @@ def test_teacher_variables_load_from_an_orbax_dir_and_are_checked(tmp_path):
         task.load_detector_variables(str(tmp_path / "nothing"), model)
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # two runs, the second compiles the teacher and the distillation step
 def test_a_detection_workdir_teaches_a_distilled_student(tmp_path):
     teacher_dir = str(tmp_path / "teacher")

@@ -200,6 +200,7 @@ def test_pair_configs_build_a_dml_cohort(config_name, student, peer, params):
     assert sum(leaf.size for leaf in jax.tree.leaves(shapes["params"])) == params
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # ~50 s of CPU (two compiles of the cohort step and eval)
 def test_dml_run_end_to_end_evaluates_and_checkpoints_both_members(tmp_path):
     import image_data  # noqa: PLC0415 (PIL: only this test)

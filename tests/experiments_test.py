@@ -347,6 +347,7 @@ def test_table6_vit_runner(tmp_path):
     assert [r["status"] for r in records] == ["done", "done"]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_table3_all_methods(tmp_path):
     from experiments.table3_time import run as t3_run  # noqa: PLC0415

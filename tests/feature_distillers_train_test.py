@@ -19,6 +19,8 @@ import pytest
 from configs import quickstart
 from luminet_jax import checkpoint, metrics_io, train
 
+pytestmark = pytest.mark.integration  # trains through the loop / subprocesses
+
 # resnet8 on 8x8 images: stem/stage1 8x8x16, stage2 4x4x32, stage3 2x2x64, pooled 64.
 HPARAMS = {
     "fitnet": {},

@@ -124,6 +124,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.integration
 def test_console_script_help_lists_its_flags(runs):
     result, _ = runs["help"]  # absl exits with 1 after --help
     assert "Entry point: luminet-train" in result.stdout, result.stdout[:300]  # the docstring
@@ -139,6 +140,7 @@ def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in result.stderr.splitlines() if not _LOG_LINE.match(line)]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "name, error, hint",
     [
@@ -156,6 +158,7 @@ def test_bad_input_prints_one_line_and_a_hint(runs, name, error, hint):
     assert hint in lines[1], lines
 
 
+@pytest.mark.integration
 def test_unreachable_coordinator_fails_within_the_timeout(runs):
     result, seconds = runs["coordinator"]
     assert "after 5 s" in _error_lines(result)[0]
@@ -164,6 +167,7 @@ def test_unreachable_coordinator_fails_within_the_timeout(runs):
     assert seconds < 90
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["teacher", "streamed", "no_tensorflow"])
 def test_short_run_starts_with_what_runs_where_and_logs_no_noise(runs, name):
     result, _ = runs[name]
@@ -179,6 +183,7 @@ def test_short_run_starts_with_what_runs_where_and_logs_no_noise(runs, name):
     assert any("step 1/1" in line for line in lines), lines
 
 
+@pytest.mark.integration
 def test_the_tensorflow_blocker_works(tmp_path):
     code = (
         "import importlib.util, sys\n"
@@ -191,6 +196,7 @@ def test_the_tensorflow_blocker_works(tmp_path):
     assert result.returncode == 3, result.stderr
 
 
+@pytest.mark.integration
 def test_compilation_cache_is_on_by_default_and_can_be_moved_or_disabled(runs):
     lines = runs["teacher"][0].stderr.splitlines()
     assert f"] Compilation cache: {runs['cache_dir']}" in lines[2], lines
@@ -210,11 +216,13 @@ def test_default_cache_folder(monkeypatch, tmp_path):
     assert launch.enable_compilation_cache(str(unwritable / "cache")) == ""  # logged, not fatal
 
 
+@pytest.mark.integration
 def test_short_run_writes_its_config(runs):
     config = json.loads((runs["teacher_dir"] / "config.json").read_text())
     assert config["student"]["name"] == "resnet8" and config["batch_size"] == 16
 
 
+@pytest.mark.integration
 def test_teacher_load_logs_no_orbax_warnings(runs, caplog):
     """Loading a teacher workdir makes orbax warn twice about its "default" item."""
     cli.quiet_logs()  # before orbax's import: it warns about its registry on import
@@ -249,6 +257,7 @@ def _guarded_train(config, workdir, capsys) -> list[str]:
     return [line for line in err.splitlines() if not _LOG_LINE.match(line)]
 
 
+@pytest.mark.integration
 def test_unknown_dataset_and_missing_data_print_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
     lines = _guarded_train(_teacher_config(name="cifar11"), tmp_path / "a", capsys)
@@ -258,6 +267,7 @@ def test_unknown_dataset_and_missing_data_print_one_line(tmp_path, capsys, monke
     assert len(lines) == 2 and "cifar-100-python.tar.gz" in lines[0], lines
 
 
+@pytest.mark.integration
 def test_corrupt_teacher_checkpoint_prints_one_line(runs, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
     corrupt = tmp_path / "teacher"
@@ -273,6 +283,7 @@ def test_corrupt_teacher_checkpoint_prints_one_line(runs, tmp_path, capsys, monk
     assert len(lines) == 2 and "Could not read checkpoint" in lines[0], lines
 
 
+@pytest.mark.integration
 def test_misspelled_override_fails_before_training(tmp_path):
     result = _main(
         "--config=configs/quickstart.py:teacher",
@@ -284,6 +295,7 @@ def test_misspelled_override_fails_before_training(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_main_trains_and_resumes(tmp_path):
     common = [

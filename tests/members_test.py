@@ -97,6 +97,7 @@ def _members_config(method="teacher", *, seeds="", seed=0, data, steps=4, **kw):
     return config
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # six runs (~2.5 min on 2 cores); the float64 step test stays default
 def test_three_seeds_in_one_job_equal_three_runs(colour_data, tmp_path):
     job_dir = tmp_path / "group" / "vanilla"  # the studies' layout: ROOT/<group>/<method>/
@@ -126,6 +127,7 @@ def test_three_seeds_in_one_job_equal_three_runs(colour_data, tmp_path):
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # four runs (~2 min on 2 cores); run with -m slow
 def test_seeds_job_with_a_teacher_resumes(colour_data, tmp_path):
     teacher_dir = tmp_path / "teacher"

@@ -320,6 +320,7 @@ def test_from_torch_inverts_the_generic_key_rule(name):
     chex.assert_trees_all_equal(converted["batch_stats"], variables.get("batch_stats", {}))
 
 
+@pytest.mark.integration
 def test_models_import_without_torch():
     code = "import sys, luminet_jax.models; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run(

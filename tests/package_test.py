@@ -19,6 +19,8 @@ import zipfile
 
 import pytest
 
+pytestmark = pytest.mark.integration  # trains through the loop / subprocesses
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCRIPTS = (

@@ -109,6 +109,7 @@ def full_run(jpeg_folder, tmp_path_factory):
     return workdir, train.train_and_evaluate(_config(jpeg_folder), str(workdir))
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # ~100 s on 2 cores (tf.data start-up and two compilations)
 def test_imagenet_config_streams_through_tf_data(jpeg_folder, full_run, tmp_path, monkeypatch):
     config = _config(jpeg_folder)
@@ -131,6 +132,7 @@ def test_imagenet_config_streams_through_tf_data(jpeg_folder, full_run, tmp_path
     chex.assert_trees_all_close(resumed["state"].params, full["state"].params, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # a third 4-step run of the streaming path
 def test_bfloat16_compute_tracks_float32(jpeg_folder, full_run, tmp_path):
     workdir, full = full_run

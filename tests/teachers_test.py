@@ -220,6 +220,7 @@ def test_corrupt_or_truncated_files_are_rejected_and_nothing_is_cached(zoo, serv
     assert not os.path.exists(teacher_cache.Cache(cache).extracted("resnet56"))
 
 
+@pytest.mark.integration
 def test_two_processes_race_for_one_entry(zoo):
     """Process A downloads (held halfway by the server) while process B waits for A's lock;
     one download serves both."""
@@ -270,6 +271,7 @@ def test_only_process_0_downloads(zoo, monkeypatch):
     assert result["p1"] == p0 and _gets(server, TAR_PATH, start) == [None]
 
 
+@pytest.mark.integration
 def test_a_crashed_fetch_leaves_nothing_in_the_way(zoo):
     """A process killed while holding an entry's lock, with a half-written entry: the lock
     file stays but binds no one, and the half-written file is neither used nor kept."""
@@ -458,6 +460,7 @@ def _cifar100_python(folder, rng) -> None:
             archive.addfile(info, io.BytesIO(data))
 
 
+@pytest.mark.integration
 def test_config_naming_zoo_resnet32x4_trains_two_steps(zoo, tmp_path):
     from luminet_jax import metrics_io, train  # noqa: PLC0415
 

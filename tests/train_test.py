@@ -27,6 +27,8 @@ from configs import quickstart
 from luminet_jax import checkpoint, distillers, metrics_io, sharding, train
 from luminet_jax.tasks import classification
 
+pytestmark = pytest.mark.integration  # trains through the loop / subprocesses
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _compilation_cache(tmp_path_factory):
