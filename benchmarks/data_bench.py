@@ -1,6 +1,6 @@
 """Input-pipeline throughput: ImageNet (train, eval), device-resident CIFAR, COCO detection.
 
-    python benchmarks/data_bench.py --out data.json [--rounds 5] [--batch 128] [--batches 8]
+    python benchmarks/data_bench.py --out data.json [--rounds 10] [--batch 64] [--batches 4]
         [--pipelines imagenet,device_data,coco] [--archive PATH]
 
 Writes a JSON list of {"pipeline", "images_per_s", "images_per_s_per_core", "cores"} (cores =
@@ -19,9 +19,9 @@ batch, prefetch, numpy batches), over an in-memory source:
   imagenet_train_before   the pipeline before issue 21 (whole decode, float resize,
                           float32 batches), `input_pipeline._legacy_preprocess`
   imagenet_eval, imagenet_eval_float32, imagenet_eval_before: resize 256 + center crop 224.
-The pipelines are timed INTERLEAVED: each round times every pipeline once, in turn, each on a
-fresh iterator (its first batch, the start-up, untimed; then `--batches` batches), so the
-ratios compare pipelines under the same machine load.
+The pipelines are timed INTERLEAVED: each round times every pipeline once, in turn (the order
+reversed every other round), each on a fresh iterator (its first batch, the start-up, untimed;
+then `--batches` batches), so the paired ratios compare pipelines under the same machine load.
 
 device_data_cifar: `DeviceData` batches (50,000 CIFAR-sized uint8 images held on the devices,
 crop + flip + normalize in one jitted call). coco_detection_train: `detection.data`'s train
@@ -151,8 +151,10 @@ def _time_rounds(makers: dict, *, batch: int, batches: int, rounds: int) -> dict
     than wall time, so it is reported beside it.
     """
     rates = {name: [] for name in makers}
-    for _ in range(rounds):
-        for name, make in makers.items():
+    for r in range(rounds):
+        order = list(makers) if r % 2 == 0 else list(makers)[::-1]  # ABBA: drift cancels out
+        for name in order:
+            make = makers[name]
             iterator = make()
             next(iterator)  # Start-up (threads, first fill) untimed.
             wall, cpu = time.perf_counter(), time.process_time()
@@ -283,7 +285,7 @@ def bench_coco(args) -> list[dict]:
 
     load = [round(x, 2) for x in os.getloadavg()]
     rates = _time_rounds(
-        {"coco_detection_train": make}, batch=batch, batches=batches, rounds=args.rounds
+        {"coco_detection_train": make}, batch=batch, batches=batches, rounds=min(args.rounds, 3)
     )
     return _entries(rates, batch=batch, load=load)
 
@@ -311,9 +313,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--pipelines", default="imagenet,device_data,coco", help=", ".join(BENCHES))
     p.add_argument("--imagenet", default="imagenet_train,imagenet_eval",
                    help="ImageNet pipelines (name prefixes)")  # fmt: skip
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
-    p.add_argument("--batch", type=int, default=128, help="ImageNet batch")
-    p.add_argument("--batches", type=int, default=8, help="timed ImageNet batches per round")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (median reported)")
+    p.add_argument("--batch", type=int, default=64, help="ImageNet batch")
+    p.add_argument("--batches", type=int, default=4, help="timed ImageNet batches per round")
     p.add_argument("--images", type=int, default=1024, help="ImageNet-like JPEGs")
     p.add_argument("--devices", type=int, default=1, help="devices for device_data")
     p.add_argument("--archive", default=str(ARCHIVE))

@@ -217,7 +217,8 @@ def resample(image: tf.Tensor, size: int, y: Axis, x: Axis) -> tf.Tensor:
     `y` and `x` are (start, step, lo, hi) per axis (see `Axis`). A crop (top, left, h, w) resized
     to `size` is y = (top, h / size, top, top + h), x = (left, w / size, left, left + w), equal
     to `tf.image.resize(crop, (size, size), antialias=True)` within float rounding (both compute
-    the same weights; here as two sets of small matrix products, 2-3x faster on a CPU core).
+    the same weights; here as two sets of small matrix products, RESAMPLE_BLOCK output rows
+    each, about 1.4x faster per CPU core than that op's kernel on 500 x 375 photos' crops).
     """
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     rows = _resample_rows(tf.reshape(image, [height, width * 3]), size, y)  # (size, W * 3)
