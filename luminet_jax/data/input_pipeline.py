@@ -9,6 +9,11 @@ exactly the batches k, k+1, ... of an uninterrupted run, skipping the consumed e
 decoding or augmenting them. Batches never straddle epochs (the per-epoch remainder is dropped,
 as PyTorch's `drop_last=True`), so `steps_per_epoch = examples_per_process // local_batch`.
 
+Batch images are float32, normalized on the host (the default), or the same pixels as uint8
+(`output="uint8"`: a quarter of the bytes, for a step that normalizes on the accelerator with
+`data.normalize.normalize`). ImageNet-style paths read each JPEG's header, draw the crop, and
+decode only the part the output needs (`augment.imagenet_train_uint8` / `imagenet_eval_uint8`).
+
 Dataset names (`KNOWN_DATASETS`): cifar10, cifar100, imagenet2012 (TFDS); tiny_imagenet (the
 project TFDS builder over the tiny-imagenet-200 zip/folder); cifar100_local
 (cifar-100-python.tar.gz); image_folder:<path> (folder or tar of split/class/image);
@@ -109,7 +114,8 @@ def _legacy_preprocess(image, seed, *, source: sources.Source, mode: str, size: 
 def _output(image: tf.Tensor, info: DatasetInfo, output: str) -> tf.Tensor:
     """uint8 pixels as they are, or float32 normalized on the host.
 
-    The float32 values equal `normalize.normalize` of the uint8 ones on the accelerator.
+    The float32 values equal `normalize.normalize` of the uint8 ones on the accelerator, to
+    float32 rounding.
     """
     if output == "uint8":
         return image
