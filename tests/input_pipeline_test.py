@@ -359,3 +359,123 @@ def test_autoaugment_pipeline():
         )
     )
     assert batch["image"].shape == (8, 32, 32, 3) and np.isfinite(batch["image"]).all()
+
+
+# --- uint8 batches (normalized on the accelerator) and the fast ImageNet path. ---
+
+GRADIENT_HW = (192, 256)
+
+
+def _gradient_jpeg() -> bytes:
+    """R = x (0..255), G = y (0..191), B = 128: a crop's box can be read back from its pixels."""
+    height, width = GRADIENT_HW
+    x = np.broadcast_to(np.arange(width), GRADIENT_HW)
+    y = np.broadcast_to(np.arange(height)[:, None], GRADIENT_HW)
+    pixels = np.stack([x, y, np.full(GRADIENT_HW, 128)], axis=-1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=100, subsampling=0)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def gradient_folder(tmp_path_factory):
+    """image_folder of 4 x 16 train and 4 x 2 test copies of the gradient JPEG."""
+    root = tmp_path_factory.mktemp("gradient")
+    data = _gradient_jpeg()
+    for split, per_class in (("train", 16), ("test", 2)):
+        for cls in CLASSES:
+            (root / split / cls).mkdir(parents=True)
+            for k in range(per_class):
+                (root / split / cls / f"{k:02d}.jpg").write_bytes(data)
+    return f"image_folder:{root}"
+
+
+def _boxes(pixels):
+    """(top, left, h, w) and flips of crops of the gradient image, from (N, S, S, 3) pixels.
+
+    Antialiased bilinear resampling keeps a linear ramp linear: away from the crop's borders,
+    output pixel i holds start + (i + 0.5) * step - 0.5 (step = crop extent / S).
+    """
+    size = pixels.shape[1]
+    red = pixels[..., 0].mean(axis=1)  # (N, S): x along the output's columns
+    green = pixels[..., 1].mean(axis=2)  # y along its rows
+    flipped = red[:, 1] > red[:, -2]
+    red = np.where(flipped[:, None], red[:, ::-1], red)
+
+    def fit(v):
+        step = (v[:, -2] - v[:, 1]) / (size - 3)
+        return v[:, 1] + 0.5 - 1.5 * step, step * size
+
+    (top, h), (left, w) = fit(green), fit(red)
+    return np.stack([top, left, h, w], axis=1), flipped
+
+
+def test_fast_imagenet_crops_follow_todays_distribution(gradient_folder):
+    """The new pipeline's RandomResizedCrop boxes (and flips) are today's, example by example:
+    same sampler, same stateless seeds; only the decoding and the resize changed."""
+    from luminet_jax.data import sources
+
+    source = sources.get_source(gradient_folder)
+    kwargs = dict(global_batch=16, seed=5, augment="imagenet", image_size=32)
+    new = input_pipeline._train_dataset(source, output="uint8", **kwargs)
+    old = input_pipeline._train_dataset(source, legacy=True, **kwargs)
+    new = np.concatenate([b["image"] for b in _take(input_pipeline._numpy_iter(new), 24)])
+    old = np.concatenate([b["image"] for b in _take(input_pipeline._numpy_iter(old), 24)])
+    assert new.dtype == np.uint8 and old.dtype == np.float32
+    new_boxes, new_flips = _boxes(new.astype(np.float64))
+    old_boxes, old_flips = _boxes((old * STD + MEAN) * 255)
+    np.testing.assert_array_equal(new_flips, old_flips)
+    np.testing.assert_allclose(new_boxes, old_boxes, atol=2.5)  # uint8 rounding: <= 1.7 px seen
+    height, width = GRADIENT_HW
+    stats = []
+    for boxes, flips in ((new_boxes, new_flips), (old_boxes, old_flips)):
+        scale = boxes[:, 2] * boxes[:, 3] / (height * width)
+        log_ratio = np.log(boxes[:, 3] / boxes[:, 2])
+        # RandomResizedCrop(scale=(0.08, 1), ratio=(3/4, 4/3)) bounds, with read-back slack.
+        assert scale.min() > 0.07 and scale.max() < 1.05
+        assert np.abs(log_ratio).max() < np.log(4 / 3) + 0.05
+        assert 0.3 < flips.mean() < 0.7 and len(flips) == 384
+        stats.append([scale.mean(), *np.quantile(scale, [0.25, 0.5, 0.75]), log_ratio.mean()])
+        stats[-1] += [*np.quantile(log_ratio, [0.25, 0.5, 0.75])]
+    np.testing.assert_allclose(stats[0], stats[1], atol=0.01)
+
+
+@pytest.mark.parametrize(
+    "folder_name, augment_name",
+    [("gradient_folder", "imagenet"), ("folder", "imagenet"), ("folder", "cifar")],
+)
+def test_uint8_batches_and_their_host_normalization(request, folder_name, augment_name):
+    """output="uint8" yields the pixels; output="float32" is exactly their host normalization.
+
+    Covers the ImageNet-style paths for JPEG (partial decode) and PNG (whole decode), CIFAR-style
+    crops, eval batches with their zero padding, and resuming with start_step."""
+    name = request.getfixturevalue(folder_name)
+
+    def make(output, step=0):
+        return input_pipeline.make_train_iter(
+            name, global_batch=8, seed=1, augment=augment_name, image_size=16, output=output,
+            start_step=step,
+        )  # fmt: skip
+
+    pixels, floats = _take(make("uint8"), 6), _take(make("float32"), 6)
+    for p, f in zip(pixels, floats):
+        assert p["image"].dtype == np.uint8 and p["image"].shape == (8, 16, 16, 3)
+        np.testing.assert_array_equal(f["image"], augment.normalize(p["image"], MEAN, STD).numpy())
+        np.testing.assert_array_equal(p["label"], f["label"])
+    for got, want in zip(_take(make("uint8", step=3), 3), pixels[3:]):
+        np.testing.assert_array_equal(got["image"], want["image"])
+    evals = {
+        output: list(
+            input_pipeline.make_eval_iter(name, global_batch=12, image_size=16, output=output)
+        )
+        for output in input_pipeline.OUTPUTS
+    }
+    for p, f in zip(evals["uint8"], evals["float32"]):
+        assert p["image"].dtype == np.uint8
+        real = p["mask"] > 0
+        np.testing.assert_array_equal(
+            f["image"][real], augment.normalize(p["image"][real], MEAN, STD).numpy()
+        )
+        assert np.all(p["image"][~real] == 0) and np.all(f["image"][~real] == 0)
+    with pytest.raises(ValueError, match="Unknown output"):
+        input_pipeline.make_train_iter(name, global_batch=8, seed=0, output="float16")
