@@ -67,6 +67,7 @@ def test_on_device_normalization_equals_the_pipelines_float32_batches(tmp_path):
     np.testing.assert_allclose(np.asarray(on_device), floats, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_importable_without_tensorflow():
     code = (
         "import sys\n"

@@ -20,32 +20,25 @@ ImageNet, two implementations of the same augmentations:
   1/8) scale by its own DCT scaling first (`reduced_scale`), which changes pixels by more than
   rounding (numbers in benchmarks/README.md) and is the only departure from the reference.
 
-Normalisation constants (per channel, RGB, on 0..1 pixels):
-- CIFAR-100: mdistiller `mdistiller/dataset/cifar100.py` (the LumiNet reference's data code).
-- CIFAR-10: the values usually quoted for the official release (DATA.md; torchvision examples).
-- ImageNet: torchvision's ImageNet constants, used by mdistiller's `imagenet.py`.
-- Tiny-ImageNet: mean (0.4802, 0.4481, 0.3975), the usual quoted value; std (0.2770, 0.2691,
-  0.2821), the per-pixel std over the train set, which agrees with the statistics measured on
-  the 20,000-image subset in ../shared/data/DATA.md (0.2764, 0.2686, 0.2818) to 0.001.
+Normalisation constants: `luminet_jax.data.stats` (with their sources).
 """
 
 import math
 
 import tensorflow as tf
 
+from luminet_jax.data import stats
+
 try:  # TF must not reserve accelerator memory that JAX needs.
     tf.config.set_visible_devices([], "GPU")
 except RuntimeError:  # Devices were already initialised by an earlier import.
     pass
 
-CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
-CIFAR100_STD = (0.2675, 0.2565, 0.2761)
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-TINY_IMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
-TINY_IMAGENET_STD = (0.2770, 0.2691, 0.2821)
+# The normalization constants (and their sources) live in `stats`, which needs no TensorFlow.
+CIFAR100_MEAN, CIFAR100_STD = stats.CIFAR100_MEAN, stats.CIFAR100_STD
+CIFAR10_MEAN, CIFAR10_STD = stats.CIFAR10_MEAN, stats.CIFAR10_STD
+IMAGENET_MEAN, IMAGENET_STD = stats.IMAGENET_MEAN, stats.IMAGENET_STD
+TINY_IMAGENET_MEAN, TINY_IMAGENET_STD = stats.TINY_IMAGENET_MEAN, stats.TINY_IMAGENET_STD
 
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
