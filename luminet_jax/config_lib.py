@@ -16,7 +16,9 @@ Every config has the same top-level sections (read by `luminet_jax/train.py` and
     batch_size        GLOBAL batch (all processes and devices together)
     eval_batch_size   GLOBAL eval batch (the last one is padded and masked)
     num_epochs        training length; num_train_steps > 0 overrides it (tests, smoke runs)
-    compute_dtype     "" (the inputs' dtype, float32) or "bfloat16" etc., for both models
+    compute_dtype     "" (the inputs' dtype, float32), "auto" (bfloat16 on GPU/TPU, float32
+                      on CPU; the ImageNet and detection recipes) or "bfloat16" etc., for
+                      both models (parameters, optimizer and losses stay float32)
     fast_conv         "" (off), "pointwise" or "all": luminet_jax.fast_conv on CPU
     compile_cache     "auto" (the user's cache folder), a folder, or "off": JAX's
                       persistent compilation cache (read by main only)
@@ -215,6 +217,7 @@ def cifar100_pair(
 def imagenet(**overrides: Any) -> ml_collections.ConfigDict:
     """ImageNet-1k recipe (DESIGN.md section 3): 100 epochs, decay at 30/60/90, wd 1e-4."""
     config = base()
+    config.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
     config.dataset = dict(
         name="imagenet2012",
         data_dir="",
@@ -243,6 +246,7 @@ def detection(**overrides: Any) -> ml_collections.ConfigDict:
     (step 32) + flip, max 1333; test short side 800. Images are padded to 1344 x 1344.
     """
     config = base()
+    config.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
     config.task = "detection"
     config.dataset = dict(
         name="coco2017",

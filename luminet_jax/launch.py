@@ -252,4 +252,13 @@ def log_start(config: Any, workdir: str, *, cache_dir: str = "") -> None:
         f" ({kind})" if kind != device.platform else "",
     )
     logging.info("Compilation cache: %s", cache_dir or "off")
+    from luminet_jax.tasks import base  # noqa: PLC0415
+
+    setting = config.get("compute_dtype", "")
+    dtype = base.compute_dtype(setting)
+    logging.info(
+        "Compute dtype: %s%s (parameters and losses float32)",
+        "float32" if dtype is None else dtype.name,
+        f" (compute_dtype={setting!r} on {device.platform})" if setting == "auto" else "",
+    )
     logging.debug("Config:\n%s", config)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -113,3 +116,64 @@ def shard_eval_step(eval_step: Callable, mesh: Mesh) -> Callable:
         eval_step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(), check_vma=True
     )
     return jax.jit(sharded)
+
+
+THREAD = "luminet-prefetch"  # the name of Prefetch's threads
+
+
+class Prefetch:
+    """Global batches from process-local host batches, put on the devices ahead of use.
+
+    A background thread takes the next batches of `local_batches` and assembles them into
+    global arrays (`to_global`: the host-to-device copies) while the training thread runs
+    the current step; at most `depth` batches wait on the devices. Batches come out in
+    order; an error of the source is raised by the `next` that would have returned its
+    batch, and the end of the source ends the iteration. The thread stops when the
+    `Prefetch` is closed or garbage-collected.
+    """
+
+    _END = object()
+
+    def __init__(self, local_batches: Iterable[dict[str, Any]], mesh: Mesh, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        # The thread holds the queue and the event, not `self`: dropping the Prefetch stops it.
+        args = (iter(local_batches), mesh, self._queue, self._stop)
+        threading.Thread(target=Prefetch._fill, args=args, daemon=True, name=THREAD).start()
+        weakref.finalize(self, self._stop.set)
+
+    @staticmethod
+    def _fill(batches, mesh, out: queue.Queue, stop: threading.Event) -> None:
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for local in batches:
+                if not put(to_global(local, mesh)):
+                    return
+        except BaseException as e:  # noqa: BLE001  (handed to the consumer)
+            put(e)
+            return
+        put(Prefetch._END)
+
+    def __iter__(self) -> Prefetch:
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        item = self._queue.get()
+        if item is self._END:
+            self._queue.put(item)  # the end stays the end
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stops the thread (batches not yet taken are dropped)."""
+        self._stop.set()

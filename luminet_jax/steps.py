@@ -14,7 +14,7 @@ with no further collective. `steps_test.py` checks this against the one-device s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -24,6 +24,7 @@ import optax
 from jax import lax
 
 from luminet_jax import state as state_lib
+from luminet_jax.data import normalize
 
 Metrics = dict[str, jax.Array]
 
@@ -35,6 +36,21 @@ def _loss_dtype(x: jax.Array) -> jax.Array:
 
 def _pmean(x: Any, axis_name: str | None) -> Any:
     return x if axis_name is None else lax.pmean(x, axis_name)
+
+
+# (mean, std) per channel on 0..1 pixels: how a step normalizes uint8 batch images.
+Pixels = tuple[Sequence[float], Sequence[float]] | None
+
+
+def model_input(images: jax.Array, pixels: Pixels) -> jax.Array:
+    """A batch's images as the models take them: uint8 pixels (a host pipeline's cheap
+    transfer) are normalized here, on the device, with `pixels` = (mean, std); float
+    images are already normalized and pass through."""
+    if images.dtype != jnp.uint8:
+        return images
+    if pixels is None:
+        raise ValueError("uint8 batch images need the step's pixels=(mean, std) to normalize")
+    return normalize.normalize(images, *pixels)
 
 
 # loss_fn(params, extra_params, state, teacher_variables, batch) -> (loss, (metrics, updates)):
@@ -106,6 +122,7 @@ def make_train_step(
     axis_name: str | None = None,
     lr_fn: Callable[[jax.Array], jax.Array] | None = None,
     dropout_seed: int = 0,
+    pixels: Pixels = None,
 ) -> Callable[[state_lib.TrainState, Any, dict[str, jax.Array]], tuple[Any, Metrics]]:
     """Builds the classification `train_step(state, teacher_variables, batch)`.
 
@@ -133,9 +150,11 @@ def make_train_step(
       dropout_seed: the run's seed for the "dropout" rng stream (folded with the step and
         shard) and the distiller's key; a batch entry "seed" (several seeds in one job)
         overrides it.
+      pixels: (mean, std) per channel, for batches of uint8 images (`model_input`).
 
     Returns:
-      A pure function. `batch` holds "image" (float NHWC, normalized) and "label" (int).
+      A pure function. `batch` holds "image" (float NHWC, normalized; or uint8 pixels with
+      `pixels`) and "label" (int).
       Metrics (global-batch scalars): "loss" (the total on the pre-update parameters),
       the distiller's parts ("loss_ce", "loss_kd", ...), "top1", "lr", "grad_norm",
       "param_norm" (both on the pre-update parameters, extra params included).
@@ -147,6 +166,7 @@ def make_train_step(
         steps_per_epoch=steps_per_epoch,
         axis_name=axis_name,
         dropout_seed=dropout_seed,
+        pixels=pixels,
     )
     return make_step(loss_fn, tx, lr_fn=lr_fn)
 
@@ -159,6 +179,7 @@ def distillation_loss(
     steps_per_epoch: int,
     axis_name: str | None = None,
     dropout_seed: int = 0,
+    pixels: Pixels = None,
 ) -> LossFn:
     """The classification task's `LossFn` (the arguments as `make_train_step`'s)."""
     if steps_per_epoch <= 0:
@@ -177,7 +198,7 @@ def distillation_loss(
         return logits, (lax.stop_gradient(feats) if uses_feats else None)
 
     def loss_fn(params, extra_params, state, teacher_variables, batch):
-        images, labels = batch["image"], batch["label"]
+        images, labels = model_input(batch["image"], pixels), batch["label"]
         epoch = state.step // steps_per_epoch + 1  # traced int: no recompiles across epochs
         # A run's seed: `dropout_seed`, or the member's seed when several seeds train in one
         # job (members.vmapped_step puts it in the batch): the same keys either way.
@@ -220,13 +241,14 @@ def distillation_loss(
 
 
 def make_eval_step(
-    model: nn.Module, *, axis_name: str | None = None
+    model: nn.Module, *, axis_name: str | None = None, pixels: Pixels = None
 ) -> Callable[[Any, dict[str, jax.Array]], Metrics]:
     """Builds `eval_step(variables, batch) -> sums` for masked, padded eval batches.
 
     Args:
       model: the classifier, run with `train=False`.
       axis_name: the data axis inside `shard_map` (sums are `psum`ed), or None.
+      pixels: (mean, std) per channel, for batches of uint8 images (`model_input`).
 
     Returns:
       A pure function returning global-batch SUMS "correct1", "correct5", "loss_sum"
@@ -237,7 +259,7 @@ def make_eval_step(
     """
 
     def eval_step(variables, batch):
-        images, labels = batch["image"], batch["label"]
+        images, labels = model_input(batch["image"], pixels), batch["label"]
         logits, feats = model.apply(variables, images, train=False)
         logits = _loss_dtype(logits)  # (B, C)
         mask = batch.get("mask")

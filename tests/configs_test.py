@@ -163,3 +163,15 @@ def test_misspelled_section_key_fails_at_build():
         distillers.get_distiller(**config.distiller)
     with pytest.raises(TypeError, match="momentun"):
         optim.make_optimizer(learning_rate=0.1, **config.optim)
+
+
+def test_imagenet_and_detection_recipes_compute_in_bfloat16_on_accelerators_only():
+    from luminet_jax.tasks import base  # noqa: PLC0415
+
+    for name, arg in (("imagenet_r34_r18", "luminet"), ("coco_frcnn_r101_r18", "luminet")):
+        assert _load(name, arg).compute_dtype == "auto"
+    assert _load("cifar100_res32x4_res8x4", "method=kd").compute_dtype == ""
+    assert base.compute_dtype("auto", "gpu") == jnp.bfloat16
+    assert base.compute_dtype("auto", "tpu") == jnp.bfloat16
+    assert base.compute_dtype("auto", "cpu") is None  # float32: the inputs' dtype
+    assert base.compute_dtype("") is None and base.compute_dtype("float16") == jnp.float16

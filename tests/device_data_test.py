@@ -10,6 +10,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from luminet_jax import sharding
 from luminet_jax.data import device_data
 
 N, H, W = 64, 8, 8
@@ -182,3 +183,19 @@ def test_eval_batches_pad_and_mask():
     assert len(halves[0]) == len(halves[1]) == 3
     seen = np.concatenate([b["label"][b["mask"] > 0] for half in halves for b in half])
     np.testing.assert_array_equal(np.sort(seen), np.arange(21))
+
+
+def test_eval_data_equals_the_host_batches_and_sends_nothing_per_pass():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (37, 4, 4, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 37)
+    stats = dict(mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3))
+    data = device_data.EvalData(images, labels, mesh=sharding.make_mesh(), global_batch=16, **stats)
+    host = list(device_data.eval_batches(images, labels, 16, **stats))
+    assert data.num_batches == len(host) == 3
+    list(data.batches())  # the first pass compiles the batch selection
+    with jax.transfer_guard_host_to_device("disallow"):  # nothing from the host after that
+        on_device = list(data.batches())
+    for want, got in zip(host, on_device, strict=True):
+        for key in ("image", "label", "mask"):
+            np.testing.assert_allclose(np.asarray(got[key]), want[key], rtol=1e-6, atol=1e-6)

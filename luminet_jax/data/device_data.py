@@ -220,6 +220,68 @@ class DeviceData:
         )
 
 
+class EvalData:
+    """An eval split held on the devices: normalized once, in padded global batches.
+
+    The (N, H, W, C) uint8 images are uploaded once, as (num_batches, B, H, W, C) arrays
+    split over "data" along B (padding rows: zero images, label 0, mask 0), and normalized
+    there by one jitted call; every pass (`batches()`) then reads device memory only: no
+    host work and no host-to-device copy per evaluation.
+    """
+
+    def __init__(
+        self,
+        images_uint8: np.ndarray,
+        labels: np.ndarray,
+        *,
+        mesh: Mesh,
+        global_batch: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ):
+        """Args: the whole split (identical on every process), the eval batch over all
+        devices and the per-channel normalization constants (0..1 pixel scale)."""
+        images, labels = np.asarray(images_uint8), np.asarray(labels)
+        n = len(labels)
+        self.num_batches = max(1, math.ceil(n / global_batch))
+        pad = self.num_batches * global_batch - n
+        shape = (self.num_batches, global_batch)
+
+        def place(x, dtype):
+            x = np.concatenate([np.asarray(x, dtype), np.zeros((pad, *x.shape[1:]), dtype)])
+            x = x.reshape(shape + x.shape[1:])
+            return jax.make_array_from_callback(x.shape, self._sharding, lambda i: x[i])
+
+        self._sharding = NamedSharding(mesh, P(None, DATA_AXIS))
+        mask = place(np.ones(n, np.float32), np.float32)  # padding rows: 0
+
+        def normalize(pixels, mask):  # padding images stay zero, as `eval_batches`' do
+            x = (pixels.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / (
+                jnp.asarray(std, jnp.float32)
+            )
+            return jnp.where(mask[..., None, None, None] > 0, x, 0.0)
+
+        self.arrays = {  # (num_batches, B, ...) on the devices; images normalized float32
+            "image": jax.jit(normalize, out_shardings=self._sharding)(
+                place(images, np.uint8), mask
+            ),
+            "label": place(labels, np.int32),
+            "mask": mask,
+        }
+        self._take = jax.jit(
+            lambda arrays, b: jax.tree.map(lambda x: x[b], arrays),
+            out_shardings=NamedSharding(mesh, P(DATA_AXIS)),
+        )
+        # The batch numbers live on the devices too: a pass sends nothing from the host.
+        replicated = NamedSharding(mesh, P())
+        self._index = [jax.device_put(np.int32(b), replicated) for b in range(self.num_batches)]
+
+    def batches(self) -> Iterator[dict[str, jax.Array]]:
+        """One pass: {"image", "label", "mask"} global batches, already on the devices."""
+        for index in self._index:
+            yield self._take(self.arrays, index)
+
+
 def eval_batches(
     images: np.ndarray,
     labels: np.ndarray,

@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from luminet_jax import optim, sharding
@@ -57,6 +59,16 @@ class Task:
     batch_spec: P = sharding.BATCH
     runs: Callable[[Any], list[Any]] = lambda tree: [tree]
     join: Callable[[list[Any]], Any] = lambda trees: trees[0]
+
+
+def compute_dtype(setting: str, platform: str | None = None) -> Any:
+    """The models' compute dtype of config.compute_dtype: None (the inputs' dtype, float32)
+    for "", bfloat16 on GPU and TPU (`platform`, default JAX's backend) and None on CPU for
+    "auto", else the named dtype. Parameters, optimizer and losses stay float32."""
+    if setting == "auto":
+        platform = platform or jax.default_backend()
+        return jnp.dtype(jnp.bfloat16) if platform in ("gpu", "cuda", "rocm", "tpu") else None
+    return jnp.dtype(setting) if setting else None
 
 
 def make_optimizer(config: Any, steps_per_epoch: int) -> tuple[Any, Callable[[Any], Any]]:

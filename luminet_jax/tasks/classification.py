@@ -141,10 +141,6 @@ def _make_data(
 
     data_dir, image_size = ds.data_dir or None, ds.image_size or None
 
-    def to_global(local_batches):
-        for local in local_batches:
-            yield sharding.to_global(local, mesh)
-
     if ds.device_resident:  # CIFAR-sized: both splits decoded once and kept
         images, labels = sources.load_arrays(ds.name, info.train_split, data_dir)
         train = device_data.DeviceData(
@@ -157,21 +153,25 @@ def _make_data(
             std=info.std,
             augment=ds.augment,
         )
-        eval_arrays = sources.load_arrays(ds.name, info.eval_split, data_dir)
+        evaluation_data = device_data.EvalData(  # normalized once, kept on the devices
+            *sources.load_arrays(ds.name, info.eval_split, data_dir),
+            mesh=mesh,
+            global_batch=eval_batch_size,
+            mean=info.mean,
+            std=info.std,
+        )
         return _Data(
             steps_per_epoch=train.steps_per_epoch,
             image_size=images.shape[1],
             train_batches=lambda start_step, seed: train.with_seed(seed).batch,
             train_labels=lambda: labels,
-            eval_batches=lambda: to_global(
-                device_data.eval_batches(
-                    *eval_arrays, eval_batch_size, mean=info.mean, std=info.std
-                )
-            ),
+            eval_batches=evaluation_data.batches,
         )
 
     from luminet_jax.data import input_pipeline  # noqa: PLC0415 (TensorFlow: streaming only)
 
+    # uint8 batches (a quarter of float32's bytes), normalized by the steps on the devices
+    # (`steps.model_input`), put there by a background thread ahead of use.
     def train_batches(start_step: int, seed: int) -> Callable[[int], Any]:
         it = input_pipeline.make_train_iter(
             ds.name,
@@ -181,10 +181,14 @@ def _make_data(
             start_step=start_step,
             augment=ds.augment,
             image_size=image_size,
+            output="uint8",
         )
-        return lambda step: sharding.to_global(next(it), mesh)
+        batches = sharding.Prefetch(it, mesh)
+        return lambda step: next(batches)
 
-    eval_kwargs = dict(global_batch=eval_batch_size, data_dir=data_dir, image_size=image_size)
+    eval_kwargs = dict(
+        global_batch=eval_batch_size, data_dir=data_dir, image_size=image_size, output="uint8"
+    )
     return _Data(
         # Each process drops the remainder of its own share (one step less at most).
         steps_per_epoch=input_pipeline.train_steps_per_epoch(
@@ -192,7 +196,9 @@ def _make_data(
         ),
         image_size=image_size or info.image_size,
         train_batches=train_batches,
-        eval_batches=lambda: to_global(input_pipeline.make_eval_iter(ds.name, **eval_kwargs)),
+        eval_batches=lambda: sharding.Prefetch(
+            input_pipeline.make_eval_iter(ds.name, **eval_kwargs), mesh
+        ),
         train_labels=lambda: input_pipeline.train_labels(ds.name, data_dir),
     )
 
@@ -211,7 +217,7 @@ def _eval_record(m: dict[str, float]) -> dict[str, float]:
 def _models(config: Any, info: Any, distiller: Any, mesh: Any):
     """(student, teacher, teacher's variables replicated on `mesh`, teacher's name); the
     teacher entries are None and "" for a distiller without a teacher."""
-    dtype = jnp.dtype(config.compute_dtype) if config.compute_dtype else None
+    dtype = base.compute_dtype(config.compute_dtype)
     kw = dict(num_classes=info.num_classes, dtype=dtype)
     student = models.get_model(**config.student, **kw, axis_name=AXIS)
     if not distiller.uses_teacher:
@@ -272,8 +278,9 @@ def build(config: Any, *, mesh: Any) -> base.Task:
         def prepare_state(state):
             return state.replace(extra_state=distiller.data_state(state.extra_state, train_labels))
 
+    pixels = (info.mean, info.std)  # uint8 batches are normalized on the devices
     evaluate, evaluate_teacher = _evaluation(
-        student, teacher, teacher_vars if config.eval_teacher else None, data, mesh
+        student, teacher, teacher_vars if config.eval_teacher else None, data, mesh, pixels
     )
     train_step = steps.make_train_step(
         student,
@@ -284,6 +291,7 @@ def build(config: Any, *, mesh: Any) -> base.Task:
         axis_name=AXIS,
         lr_fn=lr_fn,
         dropout_seed=config.seed,
+        pixels=pixels,
     )
     return base.Task(
         metric="top1",
@@ -302,10 +310,13 @@ def build(config: Any, *, mesh: Any) -> base.Task:
     )
 
 
-def _evaluation(student: Any, teacher: Any, teacher_vars: Any, data: _Data, mesh: Any):
+def _evaluation(student: Any, teacher: Any, teacher_vars: Any, data: _Data, mesh: Any, pixels: Any):
     """(evaluate(state), evaluate_teacher() or None without `teacher_vars`): top-1, top-5 and
-    loss over the eval split."""
-    eval_step = sharding.shard_eval_step(steps.make_eval_step(student, axis_name=AXIS), mesh)
+    loss over the eval split; each eval step compiles once."""
+    make = lambda model: sharding.shard_eval_step(  # noqa: E731
+        steps.make_eval_step(model, axis_name=AXIS, pixels=pixels), mesh
+    )
+    eval_step = make(student)
 
     def evaluate(state):
         variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -313,5 +324,5 @@ def _evaluation(student: Any, teacher: Any, teacher_vars: Any, data: _Data, mesh
 
     if teacher_vars is None:
         return evaluate, None
-    t_step = sharding.shard_eval_step(steps.make_eval_step(teacher, axis_name=AXIS), mesh)
+    t_step = make(teacher)
     return evaluate, lambda: evaluation.evaluate(t_step, teacher_vars, data.eval_batches())

@@ -30,7 +30,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 from jax.sharding import PartitionSpec as P
 
@@ -161,7 +160,7 @@ def _detectors(config: Any, num_classes: int, uses_teacher: bool, mesh: Any):
     student's input to the teacher's own pixel normalization or None); the teacher's entries
     are None for a distiller without a teacher."""
     ds, t = config.dataset, config.teacher
-    dtype = jnp.dtype(config.compute_dtype) if config.compute_dtype else None
+    dtype = base.compute_dtype(config.compute_dtype)
     fields = _fields(config.student, _STUDENT_EXTRA)
     student = rcnn.get_detector(config.student.name, num_classes=num_classes, dtype=dtype, **fields)
     if not uses_teacher:
