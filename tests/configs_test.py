@@ -25,8 +25,8 @@ PAIR_FILES = [
 NUM_CLASSES = {"cifar100": 100, "imagenet2012": 1000, "cifar10_sample": 10}
 SECTIONS = {
     "seed", "seeds", "dataset", "batch_size", "eval_batch_size", "num_epochs", "num_train_steps",
-    "compute_dtype", "fast_conv", "compile_cache", "student", "teacher", "distiller", "optim", "schedule",
-    "log_every_steps", "eval_every_epochs", "eval_every_steps", "ckpt_every_steps",
+    "compute_dtype", "fast_conv", "compile_cache", "student", "teacher", "distiller", "optim",
+    "schedule", "log_every_steps", "eval_every_epochs", "eval_every_steps", "ckpt_every_steps",
     "keep_checkpoints", "eval_teacher",
 }  # fmt: skip
 
