@@ -260,7 +260,10 @@ def build_torch_variants(args, methods):
     from benchmarks import torch_step
 
     teacher_name, student_name = args.pair.split(":")
-    torch.set_num_threads(os.cpu_count() or 1)
+    # The CPUs this process may use (taskset, a container's cpuset), not the host's count:
+    # more threads than CPUs oversubscribe them and slow PyTorch's step down.
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    torch.set_num_threads(len(usable) if usable else os.cpu_count() or 1)
     variants = {}
     for method in methods:
         step, info = torch_step.make_step(

@@ -56,7 +56,7 @@ def _config(workdir: pathlib.Path) -> dict[str, Any]:
         path = folder / "config.json"
         if path.is_file():
             try:
-                return json.loads(path.read_text())
+                return json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError:
                 return {}
     return {}

@@ -4,6 +4,7 @@ equal the pair's config, and the module imports without TensorFlow / ml_collecti
 from __future__ import annotations
 
 import importlib
+import os
 import pathlib
 import subprocess
 import sys
@@ -53,4 +54,6 @@ def test_importable_without_tensorflow_and_ml_collections():
         "from benchmarks import step\n"
         "assert {'crd', 'dml'} <= set(step.HPARAMS)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+    # PYTHONPATH, not only the cwd: with PYTHONSAFEPATH=1 the cwd is not on sys.path.
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env, timeout=120)

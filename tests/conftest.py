@@ -1,8 +1,11 @@
 """Test setup: 8 fake CPU devices, set before jax is imported anywhere."""
 
+import atexit
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -11,8 +14,23 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # No test writes JAX's compilation cache into the user's home (tests that check the cache
-# give it a folder of their own).
-os.environ.setdefault("LUMINET_COMPILE_CACHE", "off")
+# give it a folder of their own). Set, not defaulted: a folder in the user's shell would
+# otherwise be used (and main_test's "Compilation cache: off" would fail).
+os.environ["LUMINET_COMPILE_CACHE"] = "off"
+# Nor do the user's other switches for these commands reach the tests: a traceback instead
+# of the one-line errors that cli_test and main_test check, or a cluster that the
+# subprocesses of main_test would try to join.
+_SWITCHES = ("LUMINET_TRACEBACK", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+for _name in _SWITCHES:
+    os.environ.pop(_name, None)
+# Nor do libraries write under the home: `import tensorflow` writes ~/.keras/keras.json
+# (Keras) and matplotlib's font cache (~/.cache/matplotlib, ~/.config/matplotlib), where a
+# home that is read-only or absent makes them warn or fall back. Both go to a folder of
+# this session (subprocesses inherit it); a user's own setting wins.
+_SESSION_HOME = tempfile.mkdtemp(prefix="luminet_tests_")
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
+os.environ.setdefault("KERAS_HOME", os.path.join(_SESSION_HOME, "keras"))
+os.environ.setdefault("MPLCONFIGDIR", os.path.join(_SESSION_HOME, "matplotlib"))
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `configs` is a top-level package beside `luminet_jax`.

@@ -164,7 +164,7 @@ def test_table1_runner_and_collector_end_to_end(table1_root, tmp_path):
     assert rows[2] == "| res32x4_res8x4 | vanilla | 1 | 25.00 | 25.00 | 72.50 |"
     assert rows[3].startswith("| res32x4_res8x4 | luminet | 2 |") and "±" in rows[3]
     assert rows[3].endswith("| 77.50 |")
-    assert out.read_text().strip() == table
+    assert out.read_text(encoding="utf-8").strip() == table
     mean, std = stats[("res32x4_res8x4", "luminet")]["best_top1"]
     values = [r.best_top1 for r in found if r.method == "luminet"]
     np.testing.assert_allclose([mean, std], [np.mean(values), np.std(values, ddof=1)])
@@ -204,7 +204,7 @@ def test_figure4_plots_from_sweep_workdirs(tmp_path):
     panel = json.loads((out / "figure4b_batch.json").read_text())
     assert panel["values"] == ["32", "64", "128"]
     np.testing.assert_allclose(panel["methods"]["luminet"]["128"][0], 0.6225)
-    table = (out / "figure4d_ensemble.md").read_text().splitlines()
+    table = (out / "figure4d_ensemble.md").read_text(encoding="utf-8").splitlines()
     assert [row.split(" | ")[0][2:] for row in table[2:5]] == ["resnet8x4", "wrn_40_2", "ensemble"]
 
 

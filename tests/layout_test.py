@@ -10,7 +10,7 @@ PACKAGE = ROOT / "luminet_jax"
 
 
 def _lines(path: pathlib.Path) -> int:
-    return len(path.read_text().splitlines())
+    return len(path.read_text(encoding="utf-8").splitlines())  # sources are UTF-8 (report.py)
 
 
 def test_main_is_at_most_80_lines():

@@ -7,6 +7,7 @@ few small CIFAR models, because compile time dominates on CPU.
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
 import subprocess
 import sys
@@ -323,7 +324,9 @@ def test_from_torch_inverts_the_generic_key_rule(name):
 @pytest.mark.integration
 def test_models_import_without_torch():
     code = "import sys, luminet_jax.models; assert 'torch' not in sys.modules, 'torch imported'"
+    # PYTHONPATH, not only the cwd: with PYTHONSAFEPATH=1 the cwd is not on sys.path.
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]

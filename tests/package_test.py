@@ -57,8 +57,12 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in _SOURCES:
         shutil.copy(ROOT / name, src / name)
+    # --no-index and no version check: pip reaches for PyPI otherwise (a DNS lookup, seen
+    # with strace), which hangs where packets are dropped; --no-cache-dir: nothing is
+    # written under ~/.cache/pip.
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "--no-index", "--disable-pip-version-check", "--no-cache-dir",
          "-w", str(tmp / "dist"), str(src)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

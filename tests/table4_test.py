@@ -46,7 +46,7 @@ def test_collector_takes_the_best_ap_eval_and_averages_seeds(tmp_path):
     assert kd["AP"][0] == pytest.approx(0.40) and kd["AP"][1] == pytest.approx(math.sqrt(0.02))
     assert kd["AP50"][0] == pytest.approx(0.80) and kd["last_AP"][0] == pytest.approx(0.35)
     assert stats[("tiny_boxes", "teacher")]["AP"][0] == pytest.approx(0.60)
-    lines = out.read_text().splitlines()
+    lines = out.read_text(encoding="utf-8").splitlines()
     assert [x.split("|")[2].strip() for x in lines[2:5]] == ["teacher", "kd", "luminet"]
     # Paired by seed: only seed 0 has both (LumiNet 0.40 - KD's best 0.30).
     assert lines[-1] == "| tiny_boxes | kd | +10.00 | +10.00 |"

@@ -174,7 +174,7 @@ def write_csv(results: Sequence[RunResult], path: str) -> None:
     """One line per run (the raw numbers behind a table)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     names = [f.name for f in dataclasses.fields(RunResult)]
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(names)
         for result in results:
@@ -196,17 +196,18 @@ def write_json(data: Any, path: str) -> None:
         return value
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(plain(data), f, indent=1)
         f.write("\n")
 
 
 def write_table(text: str, path: str | None, *, echo: Callable[[str], Any] = print) -> None:
-    """Prints the table and, when `path` is given, writes it there too."""
+    """Prints the table and, when `path` is given, writes it there too (UTF-8: tables hold
+    "±" and "−", which the locale's encoding, ASCII under LC_ALL=C, may lack)."""
     echo(text)
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
+        with open(path, "w", encoding="utf-8") as f:
             f.write(text + "\n")
 
 
