@@ -17,6 +17,7 @@ import math
 import os
 import pathlib
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -197,6 +198,9 @@ def plot_curves(runs: Sequence[Run], out: str) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script `luminet-report`; `argv` defaults to sys.argv[1:]."""
     cli.quiet_logs()
+    # The table's "±" on a terminal without UTF-8 (LC_ALL=C): shown as "?", not a crash.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
     prog = cli.command("luminet_jax.report", "luminet-report")
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -171,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         missing or mismatched teacher checkpoint, repeated seeds (or seeds for detection).
       FloatingPointError: a non-finite loss (or gradient norm), naming the step.
     """
-    start_time = time.time()
+    start_time = time.monotonic()
     mesh = sharding.make_mesh()
     sharding.check_global_batch(config.batch_size, mesh)
     sharding.check_global_batch(config.eval_batch_size, mesh)
@@ -193,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             run.eval(at, task.evaluate(run_state), epoch=at / spe)
 
     pending: list[dict[str, jax.Array]] = []  # device metrics since the last flush
-    window_time, window_step = time.time(), step
+    window_time, window_step = time.monotonic(), step
     with interrupt.StopRequest() as stop:
         try:
             while step < total:
@@ -208,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     continue
                 # One host transfer per window; checked before anything is saved.
                 window, pending = jax.device_get(pending), []
-                now = time.time()
+                now = time.monotonic()
                 rate = (step - window_step) / max(now - window_time, 1e-9)
                 window_time, window_step = now, step
                 speed, eta = rate * config.batch_size * len(runs), (total - step) / rate
@@ -226,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if min(run.last_eval_step for run in runs) != step:  # e.g. resuming a finished run
                 run_eval(step)
             _save(runs, task, state, step, missing=True)
-            wall_s = time.time() - start_time
+            wall_s = time.monotonic() - start_time
             summaries = [run.finish(step, steps_per_epoch=spe, wall_s=wall_s) for run in runs]
         finally:
             for run in runs:

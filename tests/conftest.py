@@ -10,9 +10,11 @@ import tempfile
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The tests run on the CPU's 8 simulated devices, also where the user's shell points JAX at
+# a GPU (JAX_PLATFORMS=cuda would fail every 8-device test there).
+os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 # No test writes JAX's compilation cache into the user's home (tests that check the cache
 # give it a folder of their own). Set, not defaulted: a folder in the user's shell would
 # otherwise be used (and main_test's "Compilation cache: off" would fail).
