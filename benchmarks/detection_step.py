@@ -15,6 +15,7 @@ runs it (luminet_jax/detection/task.py). Sizes:
   r18_fpn     detectron2's R-18-FPN (the COCO student), 800 x 800 padded images, 80 classes
   r50_fpn     detectron2's R-50-FPN, 800 x 800 (detectron2's published training speed is
               for this model at short side 800, see benchmarks/README.md)
+  r101_fpn    detectron2's R-101-FPN, 800 x 800 (Table 4's COCO teacher)
 
 Reported: compile seconds, median ms/step and images/s. Importable without TensorFlow and
 ml_collections (the config files' detector fields are pinned here).
@@ -84,6 +85,7 @@ SIZES = {  # name -> (detector, fields, image side, classes)
     ),
     "r18_fpn": ("faster_rcnn_r18_fpn", {}, 800, 80),
     "r50_fpn": ("faster_rcnn_r50_fpn", {}, 800, 80),
+    "r101_fpn": ("faster_rcnn_r101_fpn", {}, 800, 80),
 }
 
 
@@ -159,8 +161,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--batch", type=int, default=2, help="global batch (images)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after compiling")
     parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--cache-dir", default="auto", help="compile cache: auto, DIR, off")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    from luminet_jax import launch
+
+    launch.enable_compilation_cache(args.cache_dir)
     results = []
     for name in [s.strip() for s in args.sizes.split(",") if s.strip()]:
         if name not in SIZES:
