@@ -156,6 +156,8 @@ def torch_device(ctx: Context) -> tuple[str | None, str]:
     cuda = (env.get("torch") or {}).get("cuda_available")
     if backend == "gpu" and cuda is False:
         return None, "JAX runs on the GPU but this PyTorch has no CUDA (no like-for-like ratio)"
+    if cuda is None:  # the env stage did not say: PyTorch's own choice (cuda if it has one)
+        return "auto", ""
     return ("cuda" if cuda else "cpu"), ""
 
 

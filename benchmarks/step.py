@@ -458,6 +458,8 @@ def summarize(variants, times, batch, throughput=None) -> list[dict]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     _setup_devices(args.devices, share_with_torch=args.framework == "both")
+    if args.framework == "torch":  # JAX only reads its config here: keep it off the GPU
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(HPARAMS))
     if unknown:
@@ -484,10 +486,16 @@ def main(argv=None) -> dict:
         variants, steps=args.throughput_steps, rounds=args.throughput_rounds
     )
     rows = summarize(variants, times, args.batch, throughput)
-    device = jax.devices()[0]
+    platform, kind = jax.devices()[0].platform, jax.devices()[0].device_kind
+    if args.framework == "torch":
+        platform = kind = torch_device(args.torch_device)
+        if platform.startswith("cuda"):
+            import torch
+
+            kind = torch.cuda.get_device_name(torch.device(platform))
     header = (
         f"pair {args.pair}  batch {args.batch}  dtype {args.dtype}  devices {args.devices} "
-        f"({device.platform}: {device.device_kind})  steps {args.steps} (+{args.warmup} warmup)"
+        f"({platform}: {kind})  steps {args.steps} (+{args.warmup} warmup)"
         f"  throughput {args.throughput_rounds} x {args.throughput_steps} steps"
         f"  cpu_count {os.cpu_count()}"
     )
@@ -524,8 +532,8 @@ def main(argv=None) -> dict:
     result = {
         "config": vars(args),
         "header": header,
-        "platform": device.platform,
-        "device_kind": device.device_kind,
+        "platform": platform,  # JAX's (PyTorch's with --framework torch)
+        "device_kind": kind,
         "precision": precision,
         "compile_cache": cache_dir,
         "steps": rows,

@@ -139,6 +139,7 @@ def test_torch_device_choice():
     device, why = gpu_stages.torch_device(ctx(backend="gpu", cuda=False))
     assert device is None and "no CUDA" in why
     assert gpu_stages.torch_device(ctx(backend="cpu", cuda=False)) == ("cpu", "")
+    assert gpu_stages.torch_device(ctx()) == ("auto", "")  # no env figures
     # Without PyTorch the Table 3 stage runs JAX alone and says why.
     plan = gpu_stages.plan_table3("float32")(ctx(torch=False))
     assert [a.label for a in plan.attempts] == ["jax only"]
