@@ -29,7 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import detection_step  # noqa: E402
-from benchmarks.step import time_interleaved, time_throughput  # noqa: E402
+from benchmarks.timing import time_interleaved, time_throughput  # noqa: E402
 
 HPARAMS = {
     "vanilla": dict(),

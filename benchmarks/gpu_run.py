@@ -51,7 +51,7 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import gpu_stages  # noqa: E402
+from benchmarks import gpu_helpers, gpu_stages  # noqa: E402
 
 MIN_START_S = {False: 30.0, True: 5.0}  # a stage starts only with this much budget left
 TAIL_LINES = 40
@@ -196,7 +196,7 @@ def _load_previous(path: pathlib.Path, smoke: bool) -> tuple[dict[str, dict], li
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.stage:  # a helper stage, inside its subprocess
-        gpu_stages.run_helper(args.stage, json.loads(args.stage_args), args.stage_out)
+        gpu_helpers.run_helper(args.stage, json.loads(args.stage_args), args.stage_out)
         return 0
     names = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = sorted(set(names) - {s.name for s in STAGES})

@@ -71,6 +71,7 @@ def main(argv=None) -> dict:
     import numpy as np
 
     from benchmarks import step as step_bench
+    from benchmarks import timing
     from luminet_jax import distillers, launch, members, models, optim, sharding, state, steps
 
     cache_dir = launch.enable_compilation_cache(args.cache_dir)
@@ -139,8 +140,8 @@ def main(argv=None) -> dict:
 
         variants[name] = (run, {})
     print(f"compiled and warmed up in {sum(compile_s.values()):.1f} s", flush=True)
-    times = step_bench.time_interleaved(variants, steps=args.steps, warmup=0)
-    throughput = step_bench.time_throughput(
+    times = timing.time_interleaved(variants, steps=args.steps, warmup=0)
+    throughput = timing.time_throughput(
         variants, steps=args.throughput_steps, rounds=args.throughput_rounds
     )
     rows = {}

@@ -41,12 +41,14 @@ import argparse
 import json
 import os
 import pathlib
-import statistics
 import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import timing  # noqa: E402
+from benchmarks.timing import summarize, time_interleaved  # noqa: E402, F401 (their old home)
 
 # Recipe hyperparameters of the resnet32x4 -> resnet8x4 pair (DESIGN.md section 3).
 HPARAMS = {
@@ -318,15 +320,6 @@ def build_jax_variants(args, methods, fast_modes):
     return variants
 
 
-def torch_device(name: str) -> str:
-    """ "auto" -> "cuda" where PyTorch sees a GPU, else "cpu"; other names unchanged."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def set_precision(tf32: str, frameworks: set[str]) -> dict:
     """Applies `--tf32` and returns the float32 math flags of both frameworks."""
     import jax
@@ -346,113 +339,6 @@ def set_precision(tf32: str, frameworks: set[str]) -> dict:
             torch.backends.cudnn.allow_tf32 = tf32 == "on"
         flags.update(torch_step.tf32_flags())
     return flags
-
-
-def build_torch_variants(args, methods):
-    import torch
-
-    from benchmarks import torch_step
-
-    teacher_name, student_name = args.pair.split(":")
-    device = torch_device(args.torch_device)
-    torch.set_num_threads(os.cpu_count() or 1)
-    variants = {}
-    for method in methods:
-        logit = method in torch_step.HPARAMS
-        step, info = torch_step.make_step(
-            student_name,
-            teacher_name,
-            method,
-            batch=args.batch,
-            image_size=args.image_size,
-            num_classes=args.num_classes,
-            channels_last=args.channels_last,
-            amp=args.dtype == "bfloat16",
-            device=device,
-            hparams=hparams_for(method, args.pair) if logit else None,
-        )
-        # Warm up outside the rounds (allocator and oneDNN primitive caches).
-        t0 = time.perf_counter()
-        for _ in range(2):
-            step()
-        info.update(
-            framework="torch",
-            method=method,
-            fast_conv="n/a",
-            compile_s=time.perf_counter() - t0,
-            device=device,
-        )
-        variants[f"torch/{method}"] = (step, info)
-    return variants
-
-
-def time_interleaved(variants, *, steps: int, warmup: int) -> dict[str, list[float]]:
-    """Latency: runs `warmup` then `steps` rounds; each round runs every variant once, in
-    turn, each step waited for (`run()` synchronizes)."""
-    times = {label: [] for label in variants}
-    for r in range(warmup + steps):
-        for label, (run, _) in variants.items():
-            t0 = time.perf_counter()
-            run()
-            dt = time.perf_counter() - t0
-            if r >= warmup:
-                times[label].append(dt)
-    return times
-
-
-def time_throughput(variants, *, steps: int, rounds: int) -> dict[str, list[float]]:
-    """Throughput: per round and variant, `steps` steps dispatched back to back, only the
-    last one waited for (`run(sync=False)`, then `run()`); seconds per step of each round.
-    Variants take turns within a round, as in `time_interleaved`."""
-    times = {label: [] for label in variants}
-    if steps <= 0:
-        return times
-    for _ in range(rounds):
-        for label, (run, _) in variants.items():
-            t0 = time.perf_counter()
-            for _ in range(steps - 1):
-                run(sync=False)
-            run()
-            times[label].append((time.perf_counter() - t0) / steps)
-    return times
-
-
-def summarize(variants, times, batch, throughput=None) -> list[dict]:
-    rows = []
-    throughput = throughput or {}
-    for label, (_, info) in variants.items():
-        med = statistics.median(times[label])
-        row = dict(
-            info,
-            label=label,
-            ms_per_step=1e3 * med,
-            ms_min=1e3 * min(times[label]),
-            images_per_s=batch / med,
-        )
-        if throughput.get(label):
-            t_med = statistics.median(throughput[label])
-            row.update(throughput_ms_per_step=1e3 * t_med, throughput_images_per_s=batch / t_med)
-        rows.append(row)
-    by_label = {r["label"]: r for r in rows}
-
-    def paired(label, ref):
-        """Median over rounds of the per-round time ratio (robust to load swings)."""
-        return statistics.median(a / b for a, b in zip(times[label], times[ref]))
-
-    for r in rows:
-        label = r["label"]
-        refs = {
-            "ratio_to_kd": label.replace(f"/{r['method']}", "/kd", 1),
-            "jax_over_torch": f"torch/{r['method']}" if r["framework"] == "jax" else None,
-            "fast_over_plain": label.split("/fast_conv=")[0] if "/fast_conv=" in label else None,
-        }
-        for key, ref in refs.items():
-            if ref in by_label:
-                r[key] = paired(label, ref)
-                if "throughput_ms_per_step" in r and "throughput_ms_per_step" in by_label[ref]:
-                    rt = r["throughput_ms_per_step"] / by_label[ref]["throughput_ms_per_step"]
-                    r[f"throughput_{key}"] = rt
-    return rows
 
 
 def main(argv=None) -> dict:
@@ -477,18 +363,22 @@ def main(argv=None) -> dict:
         modes = ["off", "pointwise"] if args.fast_conv == "compare" else [args.fast_conv]
         variants.update(build_jax_variants(args, methods, modes))
     if args.framework in ("torch", "both"):
-        variants.update(build_torch_variants(args, methods))
+        from benchmarks import torch_step
+
+        variants.update(torch_step.build_variants(args, methods, hparams_for))
 
     import jax
 
-    times = time_interleaved(variants, steps=args.steps, warmup=args.warmup)
-    throughput = time_throughput(
+    times = timing.time_interleaved(variants, steps=args.steps, warmup=args.warmup)
+    throughput = timing.time_throughput(
         variants, steps=args.throughput_steps, rounds=args.throughput_rounds
     )
-    rows = summarize(variants, times, args.batch, throughput)
+    rows = timing.summarize(variants, times, args.batch, throughput)
     platform, kind = jax.devices()[0].platform, jax.devices()[0].device_kind
     if args.framework == "torch":
-        platform = kind = torch_device(args.torch_device)
+        from benchmarks import torch_step
+
+        platform = kind = torch_step.torch_device(args.torch_device)
         if platform.startswith("cuda"):
             import torch
 
@@ -500,35 +390,7 @@ def main(argv=None) -> dict:
         f"  cpu_count {os.cpu_count()}"
     )
     print(header)
-    columns = (
-        "ms/step",
-        "min",
-        "img/s",
-        "/KD",
-        "JAX/PT",
-        "fast/plain",
-        "extra",
-        "state",
-        "compile",
-    )
-    widths = (9, 8, 8, 6, 7, 10, 9, 10, 8)
-    print(f"{'variant':36s} " + " ".join(f"{c:>{w}s}" for c, w in zip(columns, widths)))
-    for r in rows:
-        ratio, jt, fp = (
-            f"{r[k]:.3f}" if k in r else "-"
-            for k in ("ratio_to_kd", "jax_over_torch", "fast_over_plain")
-        )
-        print(
-            f"{r['label']:36s} {r['ms_per_step']:9.1f} {r['ms_min']:8.1f} {r['images_per_s']:8.1f} "
-            f"{ratio:>6s} {jt:>7s} {fp:>10s} {r['extra_params']:9d} "
-            f"{r.get('state_numbers', 0):10d} {r['compile_s']:7.1f}s"
-        )
-    for r in rows:
-        if "throughput_ms_per_step" in r:
-            print(
-                f"[throughput] {r['label']:36s} {r['throughput_ms_per_step']:9.2f} ms/step "
-                f"{r['throughput_images_per_s']:10.1f} img/s"
-            )
+    timing.print_table(rows)
     result = {
         "config": vars(args),
         "header": header,

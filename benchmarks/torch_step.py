@@ -14,6 +14,8 @@ see `synchronize`); TF32 is whatever `torch.backends` says (`tf32_flags` reports
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -201,3 +203,46 @@ def make_step(
     n_student = sum(p.numel() for p in student.parameters())
     info = {"student_params": n_student, "extra_params": 0, "state_numbers": 0}
     return step, info
+
+
+def torch_device(name: str) -> str:
+    """ "auto" -> "cuda" where PyTorch sees a GPU, else "cpu"; other names unchanged."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def build_variants(args, methods, hparams_for) -> dict:
+    """benchmarks/step.py's PyTorch variants {"torch/<method>": (step, info)}, warmed up;
+    `hparams_for(method, pair)` gives the logit methods' recipe."""
+    teacher_name, student_name = args.pair.split(":")
+    device = torch_device(args.torch_device)
+    torch.set_num_threads(os.cpu_count() or 1)
+    variants = {}
+    for method in methods:
+        logit = method in HPARAMS
+        step, info = make_step(
+            student_name,
+            teacher_name,
+            method,
+            batch=args.batch,
+            image_size=args.image_size,
+            num_classes=args.num_classes,
+            channels_last=args.channels_last,
+            amp=args.dtype == "bfloat16",
+            device=device,
+            hparams=hparams_for(method, args.pair) if logit else None,
+        )
+        # Warm up outside the rounds (allocator and oneDNN primitive caches).
+        t0 = time.perf_counter()
+        for _ in range(2):
+            step()
+        info.update(
+            framework="torch",
+            method=method,
+            fast_conv="n/a",
+            compile_s=time.perf_counter() - t0,
+            device=device,
+        )
+        variants[f"torch/{method}"] = (step, info)
+    return variants

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import gpu_run, gpu_stages
+from benchmarks import gpu_helpers, gpu_run, gpu_stages
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -182,16 +182,16 @@ I1206 11:28:51.266372 1 train.py:177] step 30 eval: top1 0.2240 top5 0.7850 loss
 
 
 def test_trainer_log_gives_images_per_s_and_compile_seconds():
-    got = gpu_stages.parse_trainer_log(LOG, log_every=10)
+    got = gpu_helpers.parse_trainer_log(LOG, log_every=10)
     assert got["logged_steps"] == 30 and got["first_window_images_per_s"] == 115.9
     assert got["images_per_s"] == 654.2  # the median of the windows after the first
     # First window 5.573 s, of which 10 steps x 64 images at 654.2 img/s are steady: 0.978 s.
     assert got["compile_s"] == pytest.approx(5.573 - 640 / 654.2, abs=0.01)
     logged = LOG.replace("Compilation cache: /tmp/c", "Compiled the train step in 4.5 s")
-    got = gpu_stages.parse_trainer_log(logged, log_every=10)
+    got = gpu_helpers.parse_trainer_log(logged, log_every=10)
     assert got["compile_s"] == 4.5 and got["compile_source"] == "trainer log"
     with pytest.raises(RuntimeError, match="step lines"):
-        gpu_stages.parse_trainer_log(LOG.splitlines()[0], log_every=10)
+        gpu_helpers.parse_trainer_log(LOG.splitlines()[0], log_every=10)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet34"])
@@ -259,7 +259,8 @@ def test_driver_and_lowering_run_without_tensorflow_and_ml_collections():
         "import sys\n"
         "for m in ('tensorflow', 'tensorflow_datasets', 'ml_collections'):\n"
         "    sys.modules[m] = None\n"
-        "from benchmarks import gpu_run, gpu_stages, lowering, seeds, step, detection_distill\n"
+        "from benchmarks import gpu_helpers, gpu_run, gpu_stages, lowering, timing\n"
+        "from benchmarks import detection_distill, detection_step, seeds, step, torch_models\n"
         "rows = lowering.run(['cuda', 'tpu'], 1, ['train/kdsvd', 'detection/distill_luminet'])\n"
         "assert len(rows) == 4 and all(r['ok'] for r in rows), rows\n"
     )
