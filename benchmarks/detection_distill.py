@@ -118,7 +118,8 @@ def main(argv=None) -> list[dict]:
         rows.append({"method": method, "student": args.student, "teacher": args.teacher,
                      "batch": args.batch, "ms_per_step": round(ms, 1),
                      "images_per_s": round(args.batch * 1000 / ms, 2),
-                     "ratio_to_kd": round(ms / (1000 * kd_ms), 3), **info})  # fmt: skip
+                     "ratio_to_kd": round(ms / (1000 * kd_ms), 3) if "kd" in times else None,
+                     **info})  # fmt: skip
         if throughput[method]:
             t_ms = 1000 * statistics.median(throughput[method])
             rows[-1].update(throughput_ms_per_step=round(t_ms, 2),

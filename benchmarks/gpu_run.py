@@ -21,10 +21,11 @@ table3_bfloat16 (KD, LumiNet, DKD, vanilla; JAX vs PyTorch on the same device, l
 throughput; bfloat16 = JAX bf16 compute vs PyTorch bf16 autocast + channels_last);
 table3_features and table3_more (every other Table 3 method, JAX, with KD as reference);
 imagenet_bf16 (resnet34 -> resnet18 KD and LumiNet, JAX vs PyTorch AMP + channels_last);
-seeds (1 vs 4 vs 8 seeds in one job); detection (the R-18-FPN train step and its
-distillation from R-101-FPN); trainer (a short real run of `luminet_jax.main` on the
-device-resident quickstart data: a resnet32x4 teacher, then resnet8x4 LumiNet; images/s,
-compile seconds and the projected wall time of 240 CIFAR-100 epochs).
+seeds (1 vs 4 vs 8 seeds in one job); detection (the R-18-FPN train step at 800 px, batch
+8); detection_distill (its RoI-logit distillation from R-101-FPN, KD and LumiNet); trainer
+(a short real run of `luminet_jax.main` on the device-resident quickstart data: a
+resnet32x4 teacher, then resnet8x4 LumiNet; images/s, compile seconds and the projected
+wall time of 240 CIFAR-100 epochs).
 
 The driver imports neither JAX nor PyTorch (the stages do), nor TensorFlow or ml_collections.
 """
@@ -75,7 +76,8 @@ STAGES = [
     Stage("table3_more", 180, 90, gpu_stages.plan_table3_all(gpu_stages.MORE_METHODS)),
     Stage("imagenet_bf16", 180, 90, gpu_stages.plan_imagenet),
     Stage("seeds", 150, 90, gpu_stages.plan_seeds),
-    Stage("detection", 240, 120, gpu_stages.plan_detection),
+    Stage("detection", 150, 90, gpu_stages.plan_detection),
+    Stage("detection_distill", 240, 90, gpu_stages.plan_detection_distill),
     Stage("trainer", 180, 120, gpu_stages.plan_trainer),
 ]
 

@@ -226,9 +226,18 @@ def plan_seeds(ctx: Context) -> Plan:
 
 
 def plan_detection(ctx: Context) -> Plan:
-    full = ["--student", "r18_fpn", "--teacher", "r101_fpn", "--methods", "vanilla,kd,luminet",
+    """The detection train step alone (no teacher to build)."""
+    full = ["--sizes", "r18_fpn", "--batch", "8", "--steps", "5", "--throughput-steps", "10"]
+    smoke = ["--sizes", "tiny", "--batch", "2", "--steps", "1", "--throughput-steps", "2"]
+    cmd = [PY, "benchmarks/detection_step.py", *_sizes(ctx, full, smoke), *ctx.cache_flag]
+    return Plan([Attempt("jax", [cmd], rows_figures)])
+
+
+def plan_detection_distill(ctx: Context) -> Plan:
+    """RoI-logit distillation from R-101-FPN (KD as the reference of LumiNet's ratio)."""
+    full = ["--student", "r18_fpn", "--teacher", "r101_fpn", "--methods", "kd,luminet",
             "--batch", "8", "--steps", "5", "--throughput-steps", "5"]  # fmt: skip
-    smoke = ["--student", "tiny", "--teacher", "tiny", "--methods", "vanilla,luminet",
+    smoke = ["--student", "tiny", "--teacher", "tiny", "--methods", "luminet",
              "--batch", "2", "--steps", "1", "--throughput-steps", "2"]  # fmt: skip
     cmd = [PY, "benchmarks/detection_distill.py", *_sizes(ctx, full, smoke), "--warmup", "1",
            "--throughput-rounds", "1", *ctx.cache_flag]  # fmt: skip

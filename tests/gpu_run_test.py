@@ -286,7 +286,8 @@ def test_smoke_run_passes_every_stage(tmp_path):
         rows = stages[name]["rows"]
         assert rows and all(r["ms_per_step"] > 0 and r["throughput_ms_per_step"] > 0 for r in rows)
     assert {r["variant"] for r in stages["seeds"]["rows"]} == {"1 seed", "4 seeds"}
-    assert {r["method"] for r in stages["detection"]["rows"]} == {"vanilla", "luminet"}
+    assert [r["size"] for r in stages["detection"]["rows"]] == ["tiny"]
+    assert [r["method"] for r in stages["detection_distill"]["rows"]] == ["luminet"]
     assert stages["trainer"]["images_per_s"] > 0 and stages["trainer"]["projection"]["wall_s"] > 0
     assert stages["env"]["jax"]["backend"]
     print(
