@@ -1,15 +1,19 @@
 """Times the detection distillation step per method (RoI-logit KD, DKD, LumiNet), interleaved.
 
     python benchmarks/detection_distill.py --student tb_student --teacher tb_teacher \
-        --methods vanilla,kd,dkd,luminet --batch 8 --steps 10 [--out results.json]
+        --methods vanilla,kd,dkd,luminet --batch 8 --steps 10 [--throughput-steps 10] \
+        [--cache-dir auto|DIR|off] [--out results.json]
 
 Each step is `detection.distill.make_train_step` (student RPN + RoI heads, the teacher's
 backbone, FPN and box head on the student's sampled RoIs, the distiller on the valid RoIs,
 backward, SGD) jitted by `sharding.shard_train_step` on one synthetic batch on the devices.
 All methods are compiled first, then timed one step of each per round, so the ratios to
-KD's step compare steps under the same machine load. Sizes: `benchmarks/detection_step.py`.
-The hyperparameters are the detection configs' (every ce_weight 0; DKD alpha 1, beta 0.25,
-T 1; LumiNet alpha 2, T 0.7). Importable without TensorFlow and ml_collections.
+KD's step compare steps under the same machine load; "vanilla" is the plain detection train
+step (`detection.steps.make_train_step`, no teacher). Latency (each step waited for) and
+throughput (steps back to back, one wait at the end) as benchmarks/step.py. Sizes:
+`benchmarks/detection_step.py`. The hyperparameters are the detection configs' (every
+ce_weight 0; DKD alpha 1, beta 0.25, T 1; LumiNet alpha 2, T 0.7). Importable without
+TensorFlow and ml_collections.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import detection_step  # noqa: E402
-from benchmarks.step import time_interleaved  # noqa: E402
+from benchmarks.timing import time_interleaved, time_throughput  # noqa: E402
 
 HPARAMS = {
     "vanilla": dict(),
@@ -73,9 +77,11 @@ def build(args):
         jax.block_until_ready(metrics)
         compile_s = time.perf_counter() - start
 
-        def run(step=step, holder=holder):
+        def run(sync=True, step=step, holder=holder):
             holder["state"], m = step(holder["state"], t_vars, data)
-            jax.block_until_ready(m)
+            if sync:
+                jax.block_until_ready(m)
+            return m
 
         info = {"compile_s": round(compile_s, 1),
                 "loss_kd": float(metrics.get("distill/loss_kd", 0.0))}  # fmt: skip
@@ -92,10 +98,19 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--throughput-steps", type=int, default=0, help="0: latency only")
+    parser.add_argument("--throughput-rounds", type=int, default=2)
+    parser.add_argument("--cache-dir", default="auto", help="compile cache: auto, DIR, off")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
+    from luminet_jax import launch
+
+    launch.enable_compilation_cache(args.cache_dir)
     variants = build(args)
     times = time_interleaved(variants, steps=args.steps, warmup=args.warmup)
+    throughput = time_throughput(
+        variants, steps=args.throughput_steps, rounds=args.throughput_rounds
+    )
     kd_ms = statistics.median(times["kd"]) if "kd" in times else float("nan")
     rows = []
     for method, (_, info) in variants.items():
@@ -103,7 +118,12 @@ def main(argv=None) -> list[dict]:
         rows.append({"method": method, "student": args.student, "teacher": args.teacher,
                      "batch": args.batch, "ms_per_step": round(ms, 1),
                      "images_per_s": round(args.batch * 1000 / ms, 2),
-                     "ratio_to_kd": round(ms / (1000 * kd_ms), 3), **info})  # fmt: skip
+                     "ratio_to_kd": round(ms / (1000 * kd_ms), 3) if "kd" in times else None,
+                     **info})  # fmt: skip
+        if throughput[method]:
+            t_ms = 1000 * statistics.median(throughput[method])
+            rows[-1].update(throughput_ms_per_step=round(t_ms, 2),
+                            throughput_images_per_s=round(args.batch * 1000 / t_ms, 2))  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")

@@ -1,7 +1,7 @@
 """Times the Faster R-CNN + FPN train step (vanilla: RPN + RoI heads, backward, SGD update).
 
     python benchmarks/detection_step.py --sizes tiny,tb_student,r18_fpn --batch 2 --steps 5 \
-        [--devices 1] [--out results.json]
+        [--throughput-steps 10] [--devices 1] [--cache-dir auto|DIR|off] [--out results.json]
 
 Each step is `detection.steps.make_train_step` jitted by `sharding.shard_train_step` on a
 synthetic batch already on the devices (random images, 4 boxes per image), as the trainer
@@ -15,9 +15,11 @@ runs it (luminet_jax/tasks/detection.py). Sizes:
   r18_fpn     detectron2's R-18-FPN (the COCO student), 800 x 800 padded images, 80 classes
   r50_fpn     detectron2's R-50-FPN, 800 x 800 (detectron2's published training speed is
               for this model at short side 800, see benchmarks/README.md)
+  r101_fpn    detectron2's R-101-FPN, 800 x 800 (Table 4's COCO teacher)
 
-Reported: compile seconds, median ms/step and images/s. Importable without TensorFlow and
-ml_collections (the config files' detector fields are pinned here).
+Reported: compile seconds, median ms/step and images/s (latency: each step waited for), and
+with `--throughput-steps` the same back to back with one wait at the end. Importable without
+TensorFlow and ml_collections (the config files' detector fields are pinned here).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ SIZES = {  # name -> (detector, fields, image side, classes)
     ),
     "r18_fpn": ("faster_rcnn_r18_fpn", {}, 800, 80),
     "r50_fpn": ("faster_rcnn_r50_fpn", {}, 800, 80),
+    "r101_fpn": ("faster_rcnn_r101_fpn", {}, 800, 80),
 }
 
 
@@ -105,8 +108,11 @@ def synthetic_batch(batch: int, side: int, num_classes: int, seed: int = 0) -> d
     }
 
 
-def time_size(name: str, *, batch: int, steps: int, devices: int) -> dict:
-    """Compiles and times one size's train step; returns its numbers."""
+def time_size(
+    name: str, *, batch: int, steps: int, devices: int, throughput_steps: int = 0
+) -> dict:
+    """Compiles and times one size's train step (latency: each step waited for; with
+    `throughput_steps`, also that many steps back to back with one wait at the end)."""
     import jax
     import jax.numpy as jnp
 
@@ -137,6 +143,15 @@ def time_size(name: str, *, batch: int, steps: int, devices: int) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     ms = 1000 * statistics.median(times)
+    extra = {}
+    if throughput_steps > 0:
+        start = time.perf_counter()
+        for _ in range(throughput_steps):
+            state, metrics = step(state, None, data)
+        jax.block_until_ready(metrics)
+        t_ms = 1000 * (time.perf_counter() - start) / throughput_steps
+        extra = dict(throughput_ms_per_step=round(t_ms, 2),
+                     throughput_images_per_s=round(batch * 1000 / t_ms, 2))  # fmt: skip
     params = sum(x.size for x in jax.tree.leaves(state.params))
     return {
         "size": name,
@@ -149,6 +164,7 @@ def time_size(name: str, *, batch: int, steps: int, devices: int) -> dict:
         "compile_s": round(compile_s, 1),
         "ms_per_step": round(ms, 1),
         "images_per_s": round(batch * 1000 / ms, 2),
+        **extra,
         "loss_finite": bool(jnp.isfinite(metrics["loss"])),
     }
 
@@ -159,13 +175,21 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--batch", type=int, default=2, help="global batch (images)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after compiling")
     parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--throughput-steps", type=int, default=0, help="0: latency only")
+    parser.add_argument("--cache-dir", default="auto", help="compile cache: auto, DIR, off")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    from luminet_jax import launch
+
+    launch.enable_compilation_cache(args.cache_dir)
     results = []
     for name in [s.strip() for s in args.sizes.split(",") if s.strip()]:
         if name not in SIZES:
             parser.error(f"unknown size {name!r}; known: {sorted(SIZES)}")
-        result = time_size(name, batch=args.batch, steps=args.steps, devices=args.devices)
+        result = time_size(
+            name, batch=args.batch, steps=args.steps, devices=args.devices,
+            throughput_steps=args.throughput_steps,
+        )  # fmt: skip
         print(json.dumps(result), flush=True)
         results.append(result)
     if args.out:

@@ -2,14 +2,26 @@
 
     python benchmarks/step.py --pair resnet32x4:resnet8x4 --methods kd,luminet,dkd,vanilla \
         --batch 64 --dtype float32 --devices 1 --steps 20 [--fast-conv [pointwise|all|compare]] \
-        [--framework jax|torch|both] [--data] [--out results.json]
+        [--framework jax|torch|both] [--torch-device auto|cpu|cuda] [--tf32 default|on|off] \
+        [--throughput-steps 50] [--data] [--cache-dir auto|DIR|off] [--out results.json]
 
 Each JAX step is `steps.make_train_step` jitted by `sharding.shard_train_step` on synthetic
 data already on the devices. All variants (methods x frameworks x fast-conv settings) are
 compiled first and then timed INTERLEAVED, one step of each per round, so every ratio
-compares steps measured under the same machine load. Reported: median ms/step, images/s,
+compares steps measured under the same machine load. Two measures: LATENCY (each step
+waited for: JAX `block_until_ready`, CUDA synchronized; `ms_per_step`) and THROUGHPUT
+(`--throughput-steps` N steps dispatched back to back with one wait at the end, in
+`--throughput-rounds` interleaved rounds; `throughput_ms_per_step`), the steady state of a
+training loop that does not wait for each step. Reported: median ms/step, images/s,
 the ratio to the KD step of the same framework and setting, the JAX/PyTorch ratio, and the
-extra learnable parameters a method adds (0 for the logit methods). The feature-based
+extra learnable parameters a method adds (0 for the logit methods). With
+`--framework both` on a GPU, JAX preallocates only XLA_PYTHON_CLIENT_MEM_FRACTION (0.45
+unless set) of the card, so that PyTorch fits beside it. `--tf32` states float32 math:
+"on" lets PyTorch's matmuls and cuDNN convolutions use TF32 (as JAX's default precision
+does on GPUs since Ampere), "off" turns TF32 off in PyTorch and sets JAX's default matmul
+precision to "highest", "default" leaves both frameworks' defaults; the results record the
+flags either way. `--pair resnet34:resnet18` takes the ImageNet recipe's hyperparameters
+(PAIR_HPARAMS). The feature-based
 methods (fitnet, at, rkd, pkt, sp, vid, nst, kdsvd, ofd, reviewkd, crd; PyTorch steps for
 fitnet, crd and reviewkd in torch_feature_step.py, the others JAX only) take the
 resnet32x4 -> resnet8x4 recipe of configs/, and their extra params and state come from
@@ -29,12 +41,14 @@ import argparse
 import json
 import os
 import pathlib
-import statistics
 import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import timing  # noqa: E402
+from benchmarks.timing import summarize, time_interleaved  # noqa: E402, F401 (their old home)
 
 # Recipe hyperparameters of the resnet32x4 -> resnet8x4 pair (DESIGN.md section 3).
 HPARAMS = {
@@ -64,6 +78,16 @@ HPARAMS["crd"] = dict(
     momentum=0.5, mode="exact",
 )  # fmt: skip
 HPARAMS["dml"] = dict(ce_weight=1.0, kd_weight=1.0, temperature=1.0)
+# Other pairs' recipes where they differ from HPARAMS (DESIGN.md section 3; the ImageNet
+# values are configs/imagenet_r34_r18.py's).
+PAIR_HPARAMS = {
+    "resnet34:resnet18": {
+        "kd": dict(ce_weight=0.5, kd_weight=0.5, temperature=1.0),
+        "dkd": dict(ce_weight=1.0, alpha=1.0, beta=0.5, temperature=1.0, warmup_epochs=1),
+        "luminet": dict(ce_weight=1.0, alpha=2.0, temperature=0.7, warmup_epochs=1),
+    },
+}
+REVIEWKD_PAIR = ("resnet32x4:resnet8x4", 32)  # (pair, image size) of HPARAMS["reviewkd"]
 # The feature methods with a PyTorch reference step (torch_feature_step.METHODS; pinned
 # here so that this module imports without torch) and the JAX-only methods.
 TORCH_FEATURE = frozenset({"fitnet", "crd", "reviewkd"})
@@ -90,6 +114,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--framework", default="jax", choices=["jax", "torch", "both"])
     p.add_argument("--channels-last", action="store_true", help="PyTorch channels_last")
+    p.add_argument(
+        "--torch-device", default="auto", help="PyTorch device: auto (cuda if available), cpu, cuda"
+    )
+    p.add_argument("--tf32", default="default", choices=["default", "on", "off"])
+    p.add_argument(
+        "--throughput-steps", type=int, default=20, help="steps per throughput round (0: none)"
+    )
+    p.add_argument("--throughput-rounds", type=int, default=3)
+    p.add_argument(
+        "--cache-dir", default="auto", help="JAX's persistent compilation cache (auto|DIR|off)"
+    )
     p.add_argument("--data", action="store_true", help="also time the input pipelines")
     p.add_argument("--data-batches", type=int, default=20)
     p.add_argument("--image-size", type=int, default=32)
@@ -98,8 +133,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _setup_devices(n: int) -> None:
-    """On CPU, expose `n` host devices (must run before jax and torch are imported)."""
+def _setup_devices(n: int, *, share_with_torch: bool = False) -> None:
+    """On CPU, expose `n` host devices; next to PyTorch on one GPU, let JAX preallocate less
+    than its default 75% of the card (must run before jax and torch are imported)."""
+    if share_with_torch:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
     # PyTorch's OpenMP threads spin at barriers by default; next to XLA's thread pool (or
     # any other load) on a small CPU that stalls its steps by up to ~1.7 s. Passive waiting
     # removed the stall (resnet8, batch 8: 1,759 -> 42 ms per step).
@@ -107,6 +145,30 @@ def _setup_devices(n: int) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if n > 1 and "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def hparams_for(method: str, pair: str) -> dict:
+    """The method's hyperparameters for `pair` (PAIR_HPARAMS where it has them)."""
+    return dict(PAIR_HPARAMS.get(pair, {}).get(method, HPARAMS[method]))
+
+
+def reviewkd_hparams(student, teacher, s_vars, t_vars, x, weight: float = 5.0) -> dict:
+    """ReviewKD's channel and shape lists read off both models' features at `x`'s size
+    (student stages 1..N then its pooled features; shapes deepest first, 1 = pooled), as
+    torch_feature_step's ReviewKD reads them; for pairs or sizes without a pinned recipe."""
+    import jax
+
+    from luminet_jax import config_features
+
+    def lists(model, variables):
+        feats = jax.eval_shape(lambda v: model.apply(v, x, train=False)[1], variables)
+        stages = sorted(k for k in feats if k.startswith("stage") and k[5:].isdigit())
+        channels = tuple(feats[k].shape[-1] for k in stages) + (feats["pooled"].shape[-1],)
+        return channels, (1,) + tuple(feats[k].shape[1] for k in reversed(stages))
+
+    (s_ch, s_shapes), (t_ch, t_shapes) = lists(student, s_vars), lists(teacher, t_vars)
+    kw = config_features.cifar_reviewkd(weight, s_ch, t_ch, shapes=s_shapes, out_shapes=t_shapes)
+    return dict(HPARAMS["reviewkd"], **kw)
 
 
 def init_distiller(distiller, student, teacher, s_vars, t_vars, x, *, num_train):
@@ -198,7 +260,10 @@ def build_jax_variants(args, methods, fast_modes):
     variants = {}
     for fast in fast_modes:
         for method in methods:
-            distiller = get_distiller(method, **HPARAMS[method])
+            hparams = hparams_for(method, args.pair)
+            if method == "reviewkd" and (args.pair, args.image_size) != REVIEWKD_PAIR:
+                hparams = reviewkd_hparams(student, teacher, s_vars, t_vars, x)
+            distiller = get_distiller(method, **hparams)
             m_student, m_vars = student, s_vars
             if method == "dml":  # the cohort: the student and its peer, the teacher's model
                 m_student = models.get_model(student_name, peers=teacher_name, **kw)
@@ -232,9 +297,10 @@ def build_jax_variants(args, methods, fast_modes):
             compile_s = time.perf_counter() - t0
             holder = {"state": train_state}
 
-            def run(compiled=compiled, holder=holder, batch=batch):
+            def run(sync=True, compiled=compiled, holder=holder, batch=batch):
                 holder["state"], metrics = compiled(holder["state"], t_vars, batch)
-                jax.block_until_ready(metrics)
+                if sync:
+                    jax.block_until_ready(metrics)
                 return metrics
 
             info = {
@@ -254,87 +320,32 @@ def build_jax_variants(args, methods, fast_modes):
     return variants
 
 
-def build_torch_variants(args, methods):
-    import torch
+def set_precision(tf32: str, frameworks: set[str]) -> dict:
+    """Applies `--tf32` and returns the float32 math flags of both frameworks."""
+    import jax
 
-    from benchmarks import torch_step
+    flags = {"tf32": tf32}
+    if tf32 == "off" and "jax" in frameworks:
+        jax.config.update("jax_default_matmul_precision", "highest")
+    # None = XLA's DEFAULT: on GPUs since Ampere float32 dots and convolutions use TF32.
+    flags["jax_default_matmul_precision"] = jax.config.jax_default_matmul_precision
+    if "torch" in frameworks:
+        import torch
 
-    teacher_name, student_name = args.pair.split(":")
-    # The CPUs this process may use (taskset, a container's cpuset), not the host's count:
-    # more threads than CPUs oversubscribe them and slow PyTorch's step down.
-    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    torch.set_num_threads(len(usable) if usable else os.cpu_count() or 1)
-    variants = {}
-    for method in methods:
-        step, info = torch_step.make_step(
-            student_name,
-            teacher_name,
-            method,
-            batch=args.batch,
-            image_size=args.image_size,
-            num_classes=args.num_classes,
-            channels_last=args.channels_last,
-            amp=args.dtype == "bfloat16",
-        )
-        # Warm up outside the rounds (allocator and oneDNN primitive caches).
-        t0 = time.perf_counter()
-        for _ in range(2):
-            step()
-        info.update(
-            framework="torch", method=method, fast_conv="n/a", compile_s=time.perf_counter() - t0
-        )
-        variants[f"torch/{method}"] = (step, info)
-    return variants
+        from benchmarks import torch_step
 
-
-def time_interleaved(variants, *, steps: int, warmup: int) -> dict[str, list[float]]:
-    """Runs `warmup` then `steps` rounds; each round runs every variant once, in turn."""
-    times = {label: [] for label in variants}
-    for r in range(warmup + steps):
-        for label, (run, _) in variants.items():
-            t0 = time.perf_counter()
-            run()
-            dt = time.perf_counter() - t0
-            if r >= warmup:
-                times[label].append(dt)
-    return times
-
-
-def summarize(variants, times, batch) -> list[dict]:
-    rows = []
-    for label, (_, info) in variants.items():
-        med = statistics.median(times[label])
-        rows.append(
-            dict(
-                info,
-                label=label,
-                ms_per_step=1e3 * med,
-                ms_min=1e3 * min(times[label]),
-                images_per_s=batch / med,
-            )
-        )
-    by_label = {r["label"]: r for r in rows}
-
-    def paired(label, ref):
-        """Median over rounds of the per-round time ratio (robust to load swings)."""
-        return statistics.median(a / b for a, b in zip(times[label], times[ref]))
-
-    for r in rows:
-        label = r["label"]
-        refs = {
-            "ratio_to_kd": label.replace(f"/{r['method']}", "/kd", 1),
-            "jax_over_torch": f"torch/{r['method']}" if r["framework"] == "jax" else None,
-            "fast_over_plain": label.split("/fast_conv=")[0] if "/fast_conv=" in label else None,
-        }
-        for key, ref in refs.items():
-            if ref in by_label:
-                r[key] = paired(label, ref)
-    return rows
+        if tf32 != "default":
+            torch.backends.cuda.matmul.allow_tf32 = tf32 == "on"
+            torch.backends.cudnn.allow_tf32 = tf32 == "on"
+        flags.update(torch_step.tf32_flags())
+    return flags
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    _setup_devices(args.devices)
+    _setup_devices(args.devices, share_with_torch=args.framework == "both")
+    if args.framework == "torch":  # JAX only reads its config here: keep it off the GPU
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(HPARAMS))
     if unknown:
@@ -342,48 +353,55 @@ def main(argv=None) -> dict:
     jax_only = sorted(set(methods) & JAX_ONLY)
     if jax_only and args.framework != "jax":
         raise SystemExit(f"no PyTorch reference step for {jax_only}: use --framework jax")
+    from luminet_jax import launch
+
+    cache_dir = launch.enable_compilation_cache(args.cache_dir)
+    frameworks = {"jax", "torch"} if args.framework == "both" else {args.framework}
+    precision = set_precision(args.tf32, frameworks)
     variants = {}
     if args.framework in ("jax", "both"):
         modes = ["off", "pointwise"] if args.fast_conv == "compare" else [args.fast_conv]
         variants.update(build_jax_variants(args, methods, modes))
     if args.framework in ("torch", "both"):
-        variants.update(build_torch_variants(args, methods))
+        from benchmarks import torch_step
+
+        variants.update(torch_step.build_variants(args, methods, hparams_for))
 
     import jax
 
-    times = time_interleaved(variants, steps=args.steps, warmup=args.warmup)
-    rows = summarize(variants, times, args.batch)
-    device = jax.devices()[0]
+    times = timing.time_interleaved(variants, steps=args.steps, warmup=args.warmup)
+    throughput = timing.time_throughput(
+        variants, steps=args.throughput_steps, rounds=args.throughput_rounds
+    )
+    rows = timing.summarize(variants, times, args.batch, throughput)
+    platform, kind = jax.devices()[0].platform, jax.devices()[0].device_kind
+    if args.framework == "torch":
+        from benchmarks import torch_step
+
+        platform = kind = torch_step.torch_device(args.torch_device)
+        if platform.startswith("cuda"):
+            import torch
+
+            kind = torch.cuda.get_device_name(torch.device(platform))
     header = (
         f"pair {args.pair}  batch {args.batch}  dtype {args.dtype}  devices {args.devices} "
-        f"({device.platform}: {device.device_kind})  steps {args.steps} (+{args.warmup} warmup)"
+        f"({platform}: {kind})  steps {args.steps} (+{args.warmup} warmup)"
+        f"  throughput {args.throughput_rounds} x {args.throughput_steps} steps"
         f"  cpu_count {os.cpu_count()}"
     )
     print(header)
-    columns = (
-        "ms/step",
-        "min",
-        "img/s",
-        "/KD",
-        "JAX/PT",
-        "fast/plain",
-        "extra",
-        "state",
-        "compile",
-    )
-    widths = (9, 8, 8, 6, 7, 10, 9, 10, 8)
-    print(f"{'variant':36s} " + " ".join(f"{c:>{w}s}" for c, w in zip(columns, widths)))
-    for r in rows:
-        ratio, jt, fp = (
-            f"{r[k]:.3f}" if k in r else "-"
-            for k in ("ratio_to_kd", "jax_over_torch", "fast_over_plain")
-        )
-        print(
-            f"{r['label']:36s} {r['ms_per_step']:9.1f} {r['ms_min']:8.1f} {r['images_per_s']:8.1f} "
-            f"{ratio:>6s} {jt:>7s} {fp:>10s} {r['extra_params']:9d} "
-            f"{r.get('state_numbers', 0):10d} {r['compile_s']:7.1f}s"
-        )
-    result = {"config": vars(args), "header": header, "steps": rows, "times_s": times}
+    timing.print_table(rows)
+    result = {
+        "config": vars(args),
+        "header": header,
+        "platform": platform,  # JAX's (PyTorch's with --framework torch)
+        "device_kind": kind,
+        "precision": precision,
+        "compile_cache": cache_dir,
+        "steps": rows,
+        "times_s": times,
+        "throughput_times_s": throughput,
+    }
     if args.data:
         from benchmarks import data_bench
 

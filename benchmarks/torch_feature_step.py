@@ -227,35 +227,40 @@ class FeatureStep:
         self, student_name: str, teacher_name: str, method: str, *, batch: int,
         image_size: int = 32, num_classes: int = 100, channels_last: bool = False,
         amp: bool = False, lr: float = 0.05, seed: int = 0, num_train: int = NUM_TRAIN,
-        num_negatives: int | None = None, pool: int = 4,
+        num_negatives: int | None = None, pool: int = 4, device: str = "cpu",
     ):  # fmt: skip
         if method not in METHODS:
             raise KeyError(f"no PyTorch feature step {method!r}; known: {METHODS}")
         torch.manual_seed(seed)
         self.method, self.hp = method, dict(HPARAMS[method])
+        self.device = dev = torch.device(device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        get = lambda name: torch_models.get_model(name, num_classes).to(memory_format=fmt)
+        get = lambda name: torch_models.get_model(name, num_classes).to(dev, memory_format=fmt)
         self.student, self.teacher = get(student_name), get(teacher_name).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         shape = (batch, 3, image_size, image_size)
-        self.images = torch.randn(shape).contiguous(memory_format=fmt)
-        self.labels = torch.randint(0, num_classes, (batch,))
+        self.images = torch.randn(shape).to(dev).contiguous(memory_format=fmt)
+        self.labels = torch.randint(0, num_classes, (batch,)).to(dev)
         with torch.no_grad():  # shapes from inference-mode features (no BN statistics move)
             s_feats = self.student.eval().features(self.images[:1])[1]
             t_feats = self.teacher.features(self.images[:1])[1]
         self.student.train()
-        self.extra = nn.ModuleDict(self._modules(s_feats, t_feats, num_train)).to(memory_format=fmt)
+        self.extra = nn.ModuleDict(self._modules(s_feats, t_feats, num_train))
+        self.extra.to(dev, memory_format=fmt)
         self.extra.train()
         params = [*self.student.parameters(), *self.extra.parameters()]
         self.opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
         self.autocast = (
-            (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+            (lambda: torch.autocast(dev.type, dtype=torch.bfloat16))
+            if amp
+            else contextlib.nullcontext
         )
         self.pool, self.last, self._next = [], None, 0
         if method == "crd":
             k = num_negatives or self.hp["num_negatives"]
             self.pool = draw_crd_batches(batch, num_classes, num_train, k, pool, seed)
+            self.pool = [{k: v.to(dev) for k, v in b.items()} for b in self.pool]
 
     def _modules(self, s_feats, t_feats, num_train) -> dict[str, nn.Module]:
         hp = self.hp
@@ -316,8 +321,9 @@ class FeatureStep:
         parts["loss_kd"] = kd
         return parts["loss_ce"] + parts["loss_kd"], parts
 
-    def __call__(self) -> torch.Tensor:
-        """One update (on the pool's next batch for CRD); the loss, detached."""
+    def __call__(self, sync: bool = True) -> torch.Tensor:
+        """One update (on the pool's next batch for CRD); the loss, detached. On CUDA it
+        waits for the update's kernels unless `sync=False`."""
         batch = {"labels": self.labels}
         if self.pool:
             batch = self.pool[self._next % len(self.pool)]
@@ -327,6 +333,8 @@ class FeatureStep:
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
+        if sync and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return total.detach()
 
 

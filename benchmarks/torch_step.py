@@ -5,13 +5,17 @@ train mode, the distillation loss, backward, and SGD (momentum 0.9, weight decay
 coupled). Losses follow DESIGN.md section 1: KD, DKD, LumiNet and vanilla CE; the feature
 methods FitNet, CRD and ReviewKD are benchmarks/torch_feature_step.py's, built by the same
 `make_step`.
-Options: channels_last memory format and bfloat16 autocast ("AMP" on CPU; float16 with
-a GradScaler would be the CUDA choice).
+Options: the device ("cpu", "cuda", "cuda:1"), channels_last memory format and bfloat16
+autocast (AMP; bfloat16 needs no GradScaler, unlike float16). On CUDA the step synchronizes
+the device before it returns (`sync=False` leaves the kernels queued, for throughput timing:
+see `synchronize`); TF32 is whatever `torch.backends` says (`tf32_flags` reports it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,9 +76,10 @@ def dkd_loss(s, t, labels, alpha: float, beta: float, temperature: float) -> tor
     return (alpha * tckd + beta * nckd) * temperature**2
 
 
-def distill_loss(method: str, s, t, labels, epoch: int) -> torch.Tensor:
-    """The total loss of `method` on float32 logits (s: student, t: teacher or None)."""
-    hp = HPARAMS[method]
+def distill_loss(method: str, s, t, labels, epoch: int, hparams=None) -> torch.Tensor:
+    """The total loss of `method` on float32 logits (s: student, t: teacher or None);
+    `hparams` replaces HPARAMS[method] (another pair's recipe)."""
+    hp = HPARAMS[method] if hparams is None else hparams
     ce = F.cross_entropy(s, labels)
     if method == "vanilla":
         return hp["ce_weight"] * ce
@@ -90,6 +95,29 @@ def distill_loss(method: str, s, t, labels, epoch: int) -> torch.Tensor:
     raise KeyError(f"unknown method {method!r}; known: {sorted(HPARAMS)}")
 
 
+def synchronize(device: str | torch.device = "cpu") -> None:
+    """Waits for the device's queued kernels (a no-op on the CPU, which runs eagerly)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def tf32_flags() -> dict[str, Any]:
+    """PyTorch's TF32 switches (float32 matmuls and cuDNN convolutions on Ampere and later)."""
+    return {
+        "torch_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "torch_cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
+def autocast_context(device: torch.device, amp: bool) -> Callable[[], Any]:
+    """bfloat16 autocast on `device`'s type when `amp`, else a null context."""
+    if not amp:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def make_step(
     student_name: str,
     teacher_name: str,
@@ -102,8 +130,10 @@ def make_step(
     amp: bool = False,
     lr: float = 0.05,
     seed: int = 0,
+    device: str = "cpu",
+    hparams: dict[str, Any] | None = None,
     **feature_kw: Any,
-) -> tuple[Callable[[], Any], dict[str, Any]]:
+) -> tuple[Callable[..., Any], dict[str, Any]]:
     """A no-argument callable running one training step on a fixed synthetic batch.
 
     Args:
@@ -118,51 +148,104 @@ def make_step(
       amp: bfloat16 autocast for the forward passes (losses in float32).
       lr: SGD learning rate.
       seed: torch seed for weights and data.
+      device: where the models, optimizer state and batch live ("cpu", "cuda", ...).
+      hparams: the logit method's hyperparameters (default HPARAMS[method], the
+        resnet32x4 -> resnet8x4 recipe).
       **feature_kw: for the feature methods, torch_feature_step.FeatureStep's options
         (num_train, num_negatives, pool).
 
     Returns:
-      (step, info): `step()` runs one update and returns the loss tensor (synchronous on
-      CPU); info has "student_params", "extra_params" (0: logit methods add none) and
-      "state_numbers" (CRD's memories and its two Z; else 0).
+      (step, info): `step(sync=True)` runs one update and returns the loss tensor; on a
+      CUDA device it first waits for the update's kernels unless `sync=False`. info has
+      "student_params", "extra_params" (0: logit methods add none) and "state_numbers"
+      (CRD's memories and its two Z; else 0).
     """
     if method in torch_feature_step.METHODS:
         step = torch_feature_step.FeatureStep(
             student_name, teacher_name, method, batch=batch, image_size=image_size,
             num_classes=num_classes, channels_last=channels_last, amp=amp, lr=lr, seed=seed,
-            **feature_kw,
+            device=device, **feature_kw,
         )  # fmt: skip
         return step, step.info()
     if feature_kw:
         raise TypeError(f"{method!r} takes no feature-step options {sorted(feature_kw)}")
     torch.manual_seed(seed)
+    dev = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    student = torch_models.get_model(student_name, num_classes).to(memory_format=fmt).train()
+    get = lambda name: torch_models.get_model(name, num_classes).to(dev, memory_format=fmt)
+    student = get(student_name).train()
     teacher = None
     if method != "vanilla":
-        teacher = torch_models.get_model(teacher_name, num_classes).to(memory_format=fmt).eval()
+        teacher = get(teacher_name).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    images = torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=fmt)
-    labels = torch.randint(0, num_classes, (batch,))
-    autocast = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
-    )
+    images = torch.randn(batch, 3, image_size, image_size)
+    images = images.to(dev).contiguous(memory_format=fmt)
+    labels = torch.randint(0, num_classes, (batch,)).to(dev)
+    autocast = autocast_context(dev, amp)
 
-    def step():
+    def step(sync: bool = True):
         with autocast():
             t_logits = None
             if teacher is not None:
                 with torch.no_grad():
                     t_logits = teacher(images).float()
             s_logits = student(images).float()
-        loss = distill_loss(method, s_logits, t_logits, labels, epoch=1)
+        loss = distill_loss(method, s_logits, t_logits, labels, epoch=1, hparams=hparams)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if sync:
+            synchronize(dev)
         return loss.detach()
 
     n_student = sum(p.numel() for p in student.parameters())
     info = {"student_params": n_student, "extra_params": 0, "state_numbers": 0}
     return step, info
+
+
+def torch_device(name: str) -> str:
+    """ "auto" -> "cuda" where PyTorch sees a GPU, else "cpu"; other names unchanged."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def build_variants(args, methods, hparams_for) -> dict:
+    """benchmarks/step.py's PyTorch variants {"torch/<method>": (step, info)}, warmed up;
+    `hparams_for(method, pair)` gives the logit methods' recipe."""
+    teacher_name, student_name = args.pair.split(":")
+    device = torch_device(args.torch_device)
+    # The CPUs this process may use (taskset, a container's cpuset), not the host's count:
+    # more threads than CPUs oversubscribe them and slow PyTorch's step down.
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    torch.set_num_threads(len(usable) if usable else os.cpu_count() or 1)
+    variants = {}
+    for method in methods:
+        logit = method in HPARAMS
+        step, info = make_step(
+            student_name,
+            teacher_name,
+            method,
+            batch=args.batch,
+            image_size=args.image_size,
+            num_classes=args.num_classes,
+            channels_last=args.channels_last,
+            amp=args.dtype == "bfloat16",
+            device=device,
+            hparams=hparams_for(method, args.pair) if logit else None,
+        )
+        # Warm up outside the rounds (allocator and oneDNN primitive caches).
+        t0 = time.perf_counter()
+        for _ in range(2):
+            step()
+        info.update(
+            framework="torch",
+            method=method,
+            fast_conv="n/a",
+            compile_s=time.perf_counter() - t0,
+            device=device,
+        )
+        variants[f"torch/{method}"] = (step, info)
+    return variants

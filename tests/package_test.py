@@ -104,8 +104,8 @@ def test_wheel_declares_the_console_scripts(wheel):
         tree = ast.parse(wheel.read(module.replace(".", "/") + ".py"))
         assert function in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, target
     metadata = _dist_info(wheel, "METADATA")
-    assert "Requires-Dist: jax~=0.10.2" in metadata
-    assert 'Requires-Dist: jax[cuda13]==0.10.2; extra == "gpu"' in metadata
+    assert "Requires-Dist: jax<0.13,>=0.10.2" in metadata
+    assert 'Requires-Dist: jax[cuda13]<0.13,>=0.10.2; extra == "gpu"' in metadata
 
 
 def test_dependency_ranges_hold_the_pinned_versions():
@@ -120,11 +120,12 @@ def test_dependency_ranges_hold_the_pinned_versions():
     extras = project["optional-dependencies"]
     test_pins = _pins(ROOT / "requirements-test.txt")
     (gpu,) = map(Requirement, extras["gpu"])
-    assert (
-        gpu.name == "jax"
-        and gpu.extras == {"cuda13"}
-        and str(gpu.specifier) == (f"=={pins['jax']}")
-    )
+    assert gpu.name == "jax" and gpu.extras == {"cuda13"}
+    assert gpu.specifier == declared["jax"].specifier
+    # jax: the pinned 0.10.2 (Python 3.11) through 0.12 (Python >= 3.12 accelerator images).
+    for version, admitted in (("0.10.2", True), ("0.11.2", True), ("0.12.1", True),
+                              ("0.10.1", False), ("0.13.0", False)):  # fmt: skip
+        assert declared["jax"].specifier.contains(version) == admitted, version
     test = {_canonical(r.name): r for r in map(Requirement, extras["test"])}
     assert str(test["ruff"].specifier) == f"=={test_pins['ruff']}"  # the lint tool is pinned
     assert test["pytest"].specifier.contains(test_pins["pytest"])

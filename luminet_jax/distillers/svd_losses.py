@@ -2,9 +2,12 @@
 
 Each stage's map is viewed as mdistiller views its NCHW tensor, (B, C*H, W) matrices, and
 its top right-singular vectors (teacher k, student k + 3) are compared across consecutive
-stages through RBF kernels. The SVD has a custom derivative that is finite for repeated
-singular values (where the analytic one is undefined, and torch's and JAX's own rules give
-inf/NaN) and equals the standard derivative elsewhere.
+stages through RBF kernels. The right-singular vectors and singular values come from the
+eigendecomposition of the small (W, W) Gram matrix X^T X (`eigh`), which lowers for every
+backend, TPU included under `shard_map` (JAX's TPU SVD does not: its loop carries a
+non-varying flag into a data-varying body). The decomposition has a custom derivative that
+is finite for repeated singular values (where the analytic one is undefined, and torch's and
+JAX's own rules give inf/NaN) and equals the standard SVD derivative elsewhere.
 """
 
 from __future__ import annotations
@@ -20,30 +23,48 @@ from luminet_jax.distillers import feature_maps as fl
 _mm = lambda spec, *xs: jnp.einsum(spec, *xs, precision=fl.HIGHEST)
 
 
+def _safe_inverse(x: jax.Array) -> jax.Array:
+    """1 / x where x > 0, else 0 (also where a square root of 0 would divide)."""
+    return jnp.where(x > 0, 1.0 / jnp.where(x > 0, x, 1.0), 0.0)
+
+
+def _gram_eigh(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(B, m, n) -> s (B, r) descending, V (B, n, r), r = min(m, n), from eigh(X^T X)."""
+    # Reference: torch.svd of X; eigh of the Gram matrix gives the same right-singular
+    # vectors and s = sqrt(eigenvalues) (the signs are free in both: see _canonical_sign).
+    # In float32 the Gram squares the condition number, so singular values below ~1e-3 of
+    # the largest lose their digits; the loss uses only the top k + 3, normalized.
+    # TPU's eigh is exact Jacobi for n <= 256 (W of every model's map here); larger n
+    # takes a QDWH path that fails under shard_map like its SVD.
+    lam, v = jnp.linalg.eigh(_mm("bmi,bmj->bij", x, x), symmetrize_input=True)
+    r = min(x.shape[-2], x.shape[-1])
+    lam, v = lam[:, ::-1][:, :r], v[:, :, ::-1][:, :, :r]  # descending, thin
+    return jnp.sqrt(jnp.maximum(lam, 0.0)), v
+
+
 @jax.custom_jvp
 def _singular_values_and_right_vectors(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(B, m, n) -> s (B, r), V (B, n, r) of the thin SVD, r = min(m, n), s descending."""
-    _, s, vh = jnp.linalg.svd(x, full_matrices=False)
-    return s, jnp.swapaxes(vh, -1, -2)
+    return _gram_eigh(x)
 
 
 @_singular_values_and_right_vectors.defjvp
 def _svd_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
-    u, s, vh = jnp.linalg.svd(x, full_matrices=False)
-    v = jnp.swapaxes(vh, -1, -2)
-    dp = _mm("bmi,bmn,bnj->bij", u, dx, v)  # U^T dX V
-    ds = jnp.diagonal(dp, axis1=-2, axis2=-1)
-    # dV = V (F o (S dP + dP^T S)), F_ij = 1 / (s_j^2 - s_i^2); F = 0 where s_i = s_j (the
-    # standard rule has inf there, and NaN gradients even when those vectors are unused).
+    s, v = _gram_eigh(x)
+    # With U = X V S^-1: U^T dX V = S^-1 A, A = V^T X^T dX V (no division needed below).
+    xv = _mm("bmn,bni->bmi", x, v)  # X V = U S, (B, m, r)
+    a = _mm("bmi,bmn,bnj->bij", xv, dx, v)
+    ds = jnp.diagonal(a, axis1=-2, axis2=-1) * _safe_inverse(s)
+    # dV = V (F o (S dP + dP^T S)) = V (F o (A + A^T)), F_ij = 1 / (s_j^2 - s_i^2); F = 0
+    # where s_i = s_j (the standard rule has inf there, and NaN gradients even when those
+    # vectors are unused).
     gap = s[:, None, :] ** 2 - s[:, :, None] ** 2
     f = jnp.where(gap == 0, 0.0, 1.0 / jnp.where(gap == 0, 1.0, gap))
-    sym = s[:, :, None] * dp + jnp.swapaxes(dp, -1, -2) * s[:, None, :]
-    dv = _mm("bni,bij->bnj", v, f * sym)
+    dv = _mm("bni,bij->bnj", v, f * (a + jnp.swapaxes(a, -1, -2)))
     if x.shape[-1] > x.shape[-2]:  # Wide: V is not square; add (I - V V^T) dX^T U S^-1.
-        s_inv = jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
-        dxu = _mm("bmn,bmi->bni", dx, u)
-        dv = dv + (dxu - _mm("bnj,bmj,bmi->bni", v, v, dxu)) * s_inv[:, None, :]
+        dxu = _mm("bmn,bmi->bni", dx, xv) * _safe_inverse(s * s)[:, None, :]  # dX^T U S^-1
+        dv = dv + dxu - _mm("bnj,bmj,bmi->bni", v, v, dxu)
     return (s, v), (ds, dv)
 
 
