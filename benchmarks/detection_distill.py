@@ -29,14 +29,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import detection_step  # noqa: E402
+from benchmarks.step import recipe  # noqa: E402
 from benchmarks.timing import time_interleaved, time_throughput  # noqa: E402
 
-HPARAMS = {
-    "vanilla": dict(),
-    "kd": dict(ce_weight=0.0, kd_weight=1.0, temperature=1.0),
-    "dkd": dict(ce_weight=0.0, alpha=1.0, beta=0.25, temperature=1.0, warmup_epochs=1),
-    "luminet": dict(ce_weight=0.0, alpha=2.0, temperature=0.7, warmup_epochs=1),
-}
+HPARAMS = recipe("coco_frcnn_r101_r18")  # Table 4's recipe (its config's method table)
 
 
 def build(args):

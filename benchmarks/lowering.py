@@ -72,14 +72,10 @@ def case_names() -> list[str]:
 
 
 def _hparams(method: str) -> dict[str, Any]:
-    """The benchmark's recipe for the pair (benchmarks/step.py), defaults elsewhere."""
+    """The pair's recipe (its config's table, benchmarks/step.py), defaults elsewhere."""
     from benchmarks import step as step_bench
 
-    if method in step_bench.HPARAMS:
-        return dict(step_bench.HPARAMS[method])
-    if method == "crd_kd":  # CRD's recipe plus its KD term (configs/cifar100_res32x4_res8x4.py)
-        return dict(step_bench.HPARAMS["crd"], kd_weight=1.0, kd_temperature=4.0)
-    return {}  # kd_ls, dkd_ls: their defaults
+    return dict(step_bench.HPARAMS.get(method, {}))
 
 
 def _specs(tree: Any, sharding: Any) -> Any:
@@ -172,7 +168,7 @@ class _Builder:
             )  # fmt: skip
 
         extra = jax.eval_shape(init, s_feats, t_feats, t_vars)
-        if hasattr(distiller, "data_state"):  # CRD: its sampler's per-sample labels
+        if distiller.uses_train_labels:  # CRD: its sampler's per-sample labels
             labels = np.random.default_rng(0).integers(0, num_classes, step_bench.NUM_TRAIN)
             extra = dict(extra, state=distiller.data_state(extra["state"], labels))
         abstract_state = jax.eval_shape(
@@ -182,7 +178,7 @@ class _Builder:
             student, teacher, distiller, self.tx, steps_per_epoch=782,
             axis_name=sharding.DATA_AXIS,
         )  # fmt: skip
-        index = {"index": jnp.int32} if hasattr(distiller, "data_state") else {}
+        index = {"index": jnp.int32} if distiller.uses_train_labels else {}
         args = (
             _specs(abstract_state, self.rep),
             _specs(t_vars, self.rep),

@@ -30,11 +30,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-HPARAMS = {
-    "vanilla": dict(ce_weight=1.0),
-    "kd": dict(ce_weight=0.1, kd_weight=0.9, temperature=4.0),
-    "luminet": dict(ce_weight=2.0, alpha=33.0, temperature=4.0, warmup_epochs=20),
-}
+from benchmarks import step as step_bench  # noqa: E402
+
+# The pair's recipes (its config's method table) for the methods timed here.
+HPARAMS = {m: step_bench.HPARAMS[m] for m in ("vanilla", "kd", "luminet")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

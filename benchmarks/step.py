@@ -50,48 +50,25 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import timing  # noqa: E402
 from benchmarks.timing import summarize, time_interleaved  # noqa: E402, F401 (their old home)
 
-# Recipe hyperparameters of the resnet32x4 -> resnet8x4 pair (DESIGN.md section 3).
-HPARAMS = {
-    "vanilla": dict(ce_weight=1.0),
-    "kd": dict(ce_weight=0.1, kd_weight=0.9, temperature=4.0),
-    "dkd": dict(ce_weight=1.0, alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20),
-    "luminet": dict(ce_weight=2.0, alpha=33.0, temperature=4.0, warmup_epochs=20),
-}
 
+def recipe(config_name: str) -> dict[str, dict]:
+    """A shipped config's method table, as get_distiller kwargs without the name: the
+    benchmarks run the configs' recipes, not a copy of them (no ml_collections needed)."""
+    from luminet_jax import cli  # noqa: PLC0415
 
-def _feature_hparams() -> dict:
-    """The feature-based methods' recipe for resnet32x4 -> resnet8x4 (the pair's config)."""
-    from luminet_jax import config_features
-
-    wide = (64, 128, 256, 256)
-    table = config_features.feature_methods(
-        reviewkd=config_features.cifar_reviewkd(5.0, wide, wide)
-    )
+    table = cli.load_config_module(config_name).METHODS
     return {name: {k: v for k, v in kw.items() if k != "name"} for name, kw in table.items()}
 
 
-HPARAMS.update(_feature_hparams())
-# CRD and DML as in configs/cifar100_res32x4_res8x4.py (pinned here: config files need
-# ml_collections; tests/benchmarks_step_test.py checks that the two agree).
-HPARAMS["crd"] = dict(
-    ce_weight=1.0, feat_weight=0.8, feat_dim=128, num_negatives=16384, temperature=0.07,
-    momentum=0.5, mode="exact",
-)  # fmt: skip
-HPARAMS["dml"] = dict(ce_weight=1.0, kd_weight=1.0, temperature=1.0)
-# Other pairs' recipes where they differ from HPARAMS (DESIGN.md section 3; the ImageNet
-# values are configs/imagenet_r34_r18.py's).
-PAIR_HPARAMS = {
-    "resnet34:resnet18": {
-        "kd": dict(ce_weight=0.5, kd_weight=0.5, temperature=1.0),
-        "dkd": dict(ce_weight=1.0, alpha=1.0, beta=0.5, temperature=1.0, warmup_epochs=1),
-        "luminet": dict(ce_weight=1.0, alpha=2.0, temperature=0.7, warmup_epochs=1),
-    },
-}
+# The resnet32x4 -> resnet8x4 recipe (DESIGN.md section 3), and other pairs' where they
+# differ from it (ImageNet's: configs/imagenet_r34_r18.py).
+HPARAMS = recipe("cifar100_res32x4_res8x4")
+PAIR_HPARAMS = {"resnet34:resnet18": recipe("imagenet_r34_r18")}
 REVIEWKD_PAIR = ("resnet32x4:resnet8x4", 32)  # (pair, image size) of HPARAMS["reviewkd"]
 # The feature methods with a PyTorch reference step (torch_feature_step.METHODS; pinned
 # here so that this module imports without torch) and the JAX-only methods.
 TORCH_FEATURE = frozenset({"fitnet", "crd", "reviewkd"})
-JAX_ONLY = (frozenset(_feature_hparams()) | {"crd", "dml"}) - TORCH_FEATURE
+JAX_ONLY = frozenset(HPARAMS) - TORCH_FEATURE - {"vanilla", "kd", "dkd", "luminet"}
 NUM_TRAIN = 50_000  # CIFAR-100's training set: CRD's memories and sample indices
 
 
@@ -195,7 +172,7 @@ def with_data_state(distiller, extra, *, num_classes, index, labels, seed=0):
     `labels`."""
     import numpy as np
 
-    if not hasattr(distiller, "data_state"):
+    if not distiller.uses_train_labels:
         return extra
     train_labels = np.random.default_rng(seed).integers(0, num_classes, NUM_TRAIN)
     train_labels[np.asarray(index)] = np.asarray(labels)
@@ -287,7 +264,7 @@ def build_jax_variants(args, methods, fast_modes):
                 labels=host_batch["label"],
             )  # fmt: skip
             # Sample indices in the batch only where the distiller reads them (CRD).
-            batch = batches[hasattr(distiller, "data_state")]
+            batch = batches[distiller.uses_train_labels]
             host_state = jax.tree.map(np.asarray, state.create_train_state(m_vars, tx, extra))
             train_state = jax.device_put(host_state, replicated)
             t0 = time.perf_counter()

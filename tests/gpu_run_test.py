@@ -60,6 +60,7 @@ def fake_stages(monkeypatch):
     return stages
 
 
+@pytest.mark.integration
 def test_stages_run_fail_fall_back_time_out_skip_and_rerun(tmp_path, fake_stages):
     out = tmp_path / "out"
     argv = ["--smoke", "--out", str(out), "--cache-dir", "off"]
@@ -101,6 +102,7 @@ def test_stages_run_fail_fall_back_time_out_skip_and_rerun(tmp_path, fake_stages
     assert last["broken"]["ok"] is None and last["broken"]["skipped"].startswith("budget")
 
 
+@pytest.mark.integration
 def test_only_the_named_stages_run_and_the_others_are_kept(tmp_path, fake_stages):
     out = tmp_path / "out"
     argv = ["--smoke", "--out", str(out), "--cache-dir", "off"]
@@ -253,6 +255,7 @@ def test_torch_step_on_a_device_with_another_recipe():
     }  # fmt: skip
 
 
+@pytest.mark.integration
 def test_driver_and_lowering_run_without_tensorflow_and_ml_collections():
     """The GPU image has neither: the driver, the benchmark modules and the lowering of a
     classification and a detection step must not need them."""

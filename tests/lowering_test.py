@@ -97,6 +97,7 @@ def test_kdsvd_decomposition_lowers_for_tpu_and_equals_numpy_svd():
     jax.export.export(fn, platforms=["tpu"])(feats, feats)
 
 
+@pytest.mark.integration
 def test_cli_writes_the_json_list(tmp_path):
     out = tmp_path / "lowering.json"
     cmd = [sys.executable, "benchmarks/lowering.py", "--platforms", "cuda,tpu", "--devices", "2"]
