@@ -165,6 +165,7 @@ def imagenet_like(shared_data):
     return data_bench.imagenet_like_jpegs(shared_data / data_bench.ARCHIVE.name, count=24)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_imagenet_uint8_within_one_level_of_the_reference_on_real_jpegs(imagenet_like):
     # The fused path (header -> box -> partial decode -> `resample`) against today's float path
     # (whole decode -> slice -> tf.image.resize(antialias=True)), both rounded to uint8.

@@ -29,6 +29,7 @@ def test_crd_and_dml_recipes_equal_the_pair_config():
         assert kwargs == step.HPARAMS[method], method
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_json_keeps_its_fields_and_adds_throughput(tmp_path):
     out = tmp_path / "step.json"
     argv = "--pair resnet8:resnet8 --methods kd --batch 4 --image-size 8 --num-classes 4"

@@ -51,8 +51,10 @@ def shared_data() -> pathlib.Path:
     return SHARED_DATA
 
 
-# Test tiers. Unit tests (the default) run no training loop and start no Python subprocess;
-# tests that do are marked `integration` (a module's `pytestmark` or a test's mark). The
+# Test tiers. Unit tests (the default) run no training loop and start no Python subprocess,
+# and the whole unit tier takes under 3 minutes on 2 cores; tests that train, start
+# subprocesses or compile for seconds (whole models, 8-device equivalences, float64
+# gradient checks) are marked `integration` (a module's `pytestmark` or a test's mark). The
 # README's unit command is `-m "not slow and not integration"`, its integration command
 # `-m "integration and not slow"`; the guard below holds unit tests to their tier.
 _TIER_HINT = "mark the test (or its module) `integration`: unit tests do not {}"

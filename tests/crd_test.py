@@ -164,6 +164,7 @@ def np_crd(params, state, b, idx, *, z_s=None, z_t=None):
     return 0.8 * loss, grads, new, z_s, z_t, es / z_s, et / z_t
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_crd_step_equals_numpy_float64():
     d, extra, b, all_labels = _setup()
     (total, (parts, new_state, idx)), grads = _step(extra["params"], extra["state"], b, d=d)
@@ -228,6 +229,7 @@ def _check_index(idx, b, all_labels, mode, num_negatives, replace=False):
 
 # 35 > the 30 samples of the other classes: drawn with replacement, as the reference.
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.integration  # heavy: the second tier
 def test_contrast_index_negatives_are_other_classes(variant):
     _, extra, b, all_labels = _setup()
     idx = np.asarray(_indices(b, extra["state"])[variant])
@@ -244,6 +246,7 @@ def test_missing_labels_or_index_raise():
         _step(extra["params"], extra["state"], dict(b, index=None), d=d)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_eight_devices_equal_one():
     assert jax.device_count() >= 8
     mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
@@ -283,6 +286,7 @@ def test_extra_parameters_resnet32x4_to_resnet8x4():
     assert 2 * extra["state"]["memory_s"].size == 12_800_000
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_crd_kd_adds_hinton_kd():
     d, extra, b, _ = _setup()
     dkd = distillers.get_distiller("crd_kd", num_negatives=K, feat_dim=DIM, temperature=TEMP)

@@ -37,6 +37,7 @@ def test_imagenet_like_jpegs_from_the_archive(shared_data):
         assert image.size == (500, 375)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_json_entries(shared_data, tmp_path):
     out = tmp_path / "data.json"
     argv = "--pipelines imagenet --images 16 --batch 4 --batches 1 --rounds 1"

@@ -252,6 +252,7 @@ def _c2_names(d2_keys):
 
 
 @pytest.mark.parametrize("layout", ["torchvision", "c2", "detectron2"])
+@pytest.mark.integration  # heavy: the second tier
 def test_imagenet_backbones_load(layout):
     depth = 50
     model = rcnn.get_detector("faster_rcnn_r50_fpn", **TINY)

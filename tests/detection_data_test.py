@@ -57,6 +57,7 @@ def mini_files(shared_data):
         }
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_sample_boxes_are_source_boxes_shifted_by_tile_offset(sample, mini_files):
     files = mini_files  # Read independently of tiny_boxes: boxes and pixels.
     raw = {}

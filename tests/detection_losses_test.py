@@ -128,6 +128,7 @@ def test_smooth_l1_beta():
     )
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_losses_sharded_equal_single_device_incl_gradients():
     rpn_logits, rpn_deltas, anchors, rpn_labels, rpn_gt = rpn_case(2)
     roi = list(roi_case(3))

@@ -159,6 +159,7 @@ def tiny_scene(rng, num_gt=5, pad=3):
     return an, gt, padded, valid
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_rpn_targets_padding_changes_nothing_and_labels_follow_matcher():
     rng = np.random.default_rng(3)
     an, gt, padded, valid = tiny_scene(rng)
@@ -235,6 +236,7 @@ def test_roi_targets_sampling_classes_and_appended_gt():
     assert (np.asarray(none["classes"]) == 4).all()
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_targets_are_independent_of_batch_sharding():
     n_dev = jax.device_count()
     rng = np.random.default_rng(8)

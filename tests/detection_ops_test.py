@@ -238,6 +238,7 @@ def roi_cases():
 
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("out,ratio,scale", [(3, 2, 0.5), (2, 1, 0.5), (4, 3, 0.25), (7, 2, 1.0)])
+@pytest.mark.integration  # heavy: the second tier
 def test_roi_align_matches_reference(aligned, out, ratio, scale):
     feats, boxes = roi_cases()
     got = roi_align(

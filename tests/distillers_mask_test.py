@@ -51,6 +51,7 @@ def _loss(distiller, s, t, labels, mask=None, axis_name=None):
 
 
 @pytest.mark.parametrize("key", sorted(HPARAMS))
+@pytest.mark.integration  # heavy: the second tier
 def test_masked_loss_and_gradient_equal_the_valid_rows_alone(key):
     distiller = _distiller(key)
     with jax.enable_x64(True):
@@ -64,6 +65,7 @@ def test_masked_loss_and_gradient_equal_the_valid_rows_alone(key):
         assert float(total) > 0 or key == "vanilla" and float(total) >= 0
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_all_valid_mask_equals_no_mask():
     s, t, labels, _ = _inputs()
     for key in ("kd_ce", "dkd_ce", "luminet_ce"):
@@ -83,6 +85,7 @@ def test_no_valid_row_gives_zero_not_nan():
 
 
 @pytest.mark.parametrize("key", ["kd", "dkd", "luminet"])
+@pytest.mark.integration  # heavy: the second tier
 def test_eight_shards_with_uneven_valid_counts_equal_one_device(key):
     distiller = _distiller(key)
     mesh = Mesh(np.array(jax.devices()[:NUM_DEVICES]), ("data",))

@@ -197,6 +197,7 @@ MAX_ERRORS = {}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}_C{}_scale{}_T{}".format(*c))
+@pytest.mark.integration  # heavy: the second tier
 def test_golden_values_and_grads(case):
     """Every loss and its student gradient match the float64 NumPy reference."""
     batch, classes, scale, temperature = case
@@ -283,6 +284,7 @@ def test_luminet_finite_with_constant_column_and_batch_of_one():
     assert float(value) == 0.0 and np.all(np.isfinite(grad))
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_dkd_decomposes_kd_per_sample():
     """KD = TCKD + (1 - p_target^teacher) * NCKD for every sample (Zhao et al., eq. 4)."""
     temperature = 3.0
@@ -304,6 +306,7 @@ def test_dkd_decomposes_kd_per_sample():
         np.testing.assert_allclose(per_sample(2.0, 5.0), 2.0 * tckd + 5.0 * nckd, rtol=1e-12)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_check_grads_float64():
     s, t, y = make_inputs(6, 5, 2.0, seed=4)
     with jax.enable_x64(True):
@@ -323,6 +326,7 @@ def test_check_grads_float64():
         jax.test_util.check_grads(all_losses, (jnp.asarray(s),), order=1, modes=("rev",))
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_low_precision_inputs_give_float32_results():
     s, t, y = f32_inputs(batch=8)
     s_lo, t_lo = s.astype(jnp.bfloat16), t.astype(jnp.float16)  # One compile covers both.
@@ -424,6 +428,7 @@ def test_vanilla_runs_without_teacher():
     np.testing.assert_allclose(out.total, 0.5 * distillers.softmax_xent(s, y), rtol=1e-6)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_dkd_finite_and_accurate_at_logit_magnitude_200():
     s, t, y = make_inputs(8, 20, 1.0, seed=5)
     s, t = 200.0 * np.sign(s), 200.0 * np.sign(t)  # Saturated softmaxes.

@@ -90,6 +90,7 @@ def test_cohort_holds_both_members_and_returns_their_logits():
     assert not np.allclose(feats["cohort_logits"][0], feats["cohort_logits"][1])
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_dml_step_loss_equals_dml_loss_and_trains_both_members():
     variables, batch, _, _ = _setup()
     distiller = distillers.get_distiller("dml")
@@ -138,6 +139,7 @@ def test_eval_reports_every_member():
     assert "member_correct1" not in plain
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_sharded_dml_step_equals_single_device():
     _, batch, tx, lr_fn = _setup()
     states, want_metrics = _single_device_run()

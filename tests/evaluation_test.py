@@ -68,6 +68,7 @@ def _check(got, want):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_evaluate_masked_padding_single_device():
     model, variables, batches, want = _data(num_classes=7)
     got = evaluation.evaluate(jax.jit(steps.make_eval_step(model)), variables, iter(batches))

@@ -87,10 +87,12 @@ def _check_configs(configs, dtype, rtol):
             np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * scale, err_msg=name)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_matches_xla_float32():
     _check_configs(CONFIGS, jnp.float32, rtol=1e-5)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_matches_xla_float64():
     with jax.enable_x64(True):
         _check_configs([CONFIGS[i] for i in (2, 5, 7, 9)], jnp.float64, rtol=1e-10)
@@ -121,6 +123,7 @@ def _count_matmul_convs(fn, *args):
     return str(jax.make_jaxpr(fn)(*args)).count("dot_general")
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_scope_pointwise_routes_only_1x1():
     class Net(nn.Module):
         @nn.compact

@@ -50,6 +50,7 @@ def _pair(student: str, teacher: str, num_classes: int, size: int):
 
 
 @pytest.mark.parametrize("name,method", CASES)
+@pytest.mark.integration  # heavy: the second tier
 def test_feature_method_fits_the_pair(name, method):
     config = importlib.import_module(f"configs.{name}").get_config(f"method={method}")
     assert config.distiller.name == method

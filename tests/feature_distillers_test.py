@@ -223,6 +223,7 @@ def expected_kd(name, distiller, extra, s_feats, t_feats, epoch):
 
 
 @pytest.mark.parametrize("name", METHOD_PARAMS)
+@pytest.mark.integration  # heavy: the second tier
 def test_total_is_ce_plus_weighted_pure_loss(name):
     with jax.enable_x64(True):
         s_logits, t_logits, labels, s_feats, t_feats = inputs(dtype=jnp.float64)
@@ -273,6 +274,7 @@ def mesh():
 
 
 @pytest.mark.parametrize("name", METHOD_PARAMS)
+@pytest.mark.integration  # heavy: the second tier
 def test_eight_devices_equal_one_and_gradients(name, mesh):
     s_logits, _, labels, s_feats, t_feats = inputs(batch=16, seed=5)
     distiller, extra = build(name, s_feats, t_feats)

@@ -374,6 +374,7 @@ FD_CASES = [pytest.param(k, marks=[pytest.mark.slow] if k in SLOW else []) for k
 
 
 @pytest.mark.parametrize("case", FD_CASES)
+@pytest.mark.integration  # heavy: the second tier
 def test_value_and_gradient_equal_numpy_float64(case):
     fn, np_fn, arrays, kinds = CASES[case]
     want = np_fn(arrays)
@@ -394,6 +395,7 @@ def test_value_and_gradient_equal_numpy_float64(case):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.integration  # heavy: the second tier
 def test_float32_inputs_give_float32(case):
     fn, _, arrays, _ = CASES[case]
     out = jax.eval_shape(jax.value_and_grad(fn), [jnp.asarray(a, jnp.float32) for a in arrays])
@@ -437,6 +439,7 @@ def relational_losses(s, t, *, axis_name=None):
     return {k: jax.value_and_grad(f)(s, t) for k, f in fns.items()}
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_relational_losses_on_8_devices_equal_the_global_batch():
     assert jax.device_count() >= 8, "tests/conftest.py should force 8 CPU devices"
     mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
@@ -463,6 +466,7 @@ def test_relational_losses_on_8_devices_equal_the_global_batch():
 # ------------------------------------------------------------------- special points and edges
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_rkd_finite_gradient_at_zero_distances():
     """The diagonal (and duplicate rows) have zero distance: sqrt and normalize at 0."""
 
@@ -484,6 +488,7 @@ def test_rkd_finite_gradient_at_zero_distances():
     assert abs(float(value2)) < 1e-20 and np.max(np.abs(grad2)) < 1e-12
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_finite_gradients_at_zero_and_degenerate_maps():
     """All-zero maps/embeddings (zero norms) and equal singular values still differentiate."""
     ortho = jnp.zeros((3, 4, 4, 2)).at[:, 0, :, 0].set(1.0)  # (C*H, W) with equal singular values

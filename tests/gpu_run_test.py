@@ -198,6 +198,7 @@ def test_trainer_log_gives_images_per_s_and_compile_seconds():
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+@pytest.mark.integration  # heavy: the second tier
 def test_torch_imagenet_resnets_equal_the_jax_models(name):
     torch = pytest.importorskip("torch")
     from benchmarks import torch_models
@@ -225,6 +226,7 @@ def test_torch_imagenet_resnets_equal_the_jax_models(name):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_torch_step_on_a_device_with_another_recipe():
     torch = pytest.importorskip("torch")
     from benchmarks import step as step_bench

@@ -176,6 +176,7 @@ def test_image_size_resizes(folder):
     assert batch["image"].shape == (8, 4, 4, 3)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_cifar100_and_imagenet_with_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=20):
         info = input_pipeline.dataset_info("cifar100", data_dir=tmp_path)
@@ -305,6 +306,7 @@ def _check_real_tiny(data_dir, num_classes):
     assert batch["image"].shape == (64, 64, 64, 3) and batch["mask"].sum() == 64
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_tiny_imagenet_real_files_three_classes(shared_data, tmp_path):
     manual = tmp_path / "downloads" / "manual"
     _extract_real_tiny(shared_data / "tiny-imagenet-200-mini.tar.gz", manual, keep=3)
@@ -410,6 +412,7 @@ def _boxes(pixels):
     return np.stack([top, left, h, w], axis=1), flipped
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_fast_imagenet_crops_follow_todays_distribution(gradient_folder):
     """The new pipeline's RandomResizedCrop boxes (and flips) are today's, example by example:
     same sampler, same stateless seeds; only the decoding and the resize changed."""
@@ -444,6 +447,7 @@ def test_fast_imagenet_crops_follow_todays_distribution(gradient_folder):
     "folder_name, augment_name",
     [("gradient_folder", "imagenet"), ("folder", "imagenet"), ("folder", "cifar")],
 )
+@pytest.mark.integration  # heavy: the second tier
 def test_uint8_batches_and_their_host_normalization(request, folder_name, augment_name):
     """output="uint8" yields the pixels; output="float32" is exactly their host normalization.
 

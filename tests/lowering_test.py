@@ -44,6 +44,7 @@ def _check(results, devices):
 
 
 @pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.integration  # heavy: the second tier
 def test_every_case_lowers_for_cuda_and_tpu(devices):
     """The whole list with the real models (KD-SVD on TPU included), on one device and on
     the 8-device data mesh: ~40 s of CPU each (tracing and lowering, no compilation)."""

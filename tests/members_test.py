@@ -31,6 +31,7 @@ def test_parse_seeds():
         members.parse_seeds("0,x")
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_member_step_equals_separate_steps_float64():
     """3 members, 3 steps, float64: the vmapped sharded step == each member's own step."""
     seeds = [0, 5, 7]

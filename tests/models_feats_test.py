@@ -109,6 +109,7 @@ def _out(inter, *path):
 
 
 @pytest.mark.parametrize("name", _params(NAMES))
+@pytest.mark.integration  # heavy: the second tier
 def test_stage_preact_matches_mdistiller_preact_feats(name):
     _, ref, feats, _, _ = _run(name)
     stages = _stages(feats)

@@ -124,6 +124,7 @@ def _abstract_apply(model, variables, x):
 
 
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
+@pytest.mark.integration  # heavy: the second tier
 def test_parameter_count_and_output_shapes(name):
     num_classes, expected = PARAM_COUNTS[name]
     model, variables, x = _abstract(name)
@@ -136,6 +137,7 @@ def test_parameter_count_and_output_shapes(name):
 
 
 @pytest.mark.parametrize("name", DTYPE_MODELS)
+@pytest.mark.integration  # heavy: the second tier
 def test_compute_dtype_follows_option_and_inputs(name):
     # bf16 compute with float32 parameters (the accelerator setting).
     model, variables, x = _abstract(name, dtype=jnp.bfloat16)
@@ -182,6 +184,7 @@ def test_cifar_forward_and_batch_stats_update(name):
     assert not np.allclose(train_logits, logits)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_vit_compact_forward_has_no_batch_stats():
     model, abstract, _ = _abstract("vit_compact")
     assert set(abstract) == {"params"}

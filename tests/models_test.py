@@ -109,6 +109,7 @@ def test_expected_table_names_are_registered():
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+@pytest.mark.integration  # heavy: the second tier
 def test_param_count_matches_reference(name):
     _require(name)
     abstract, _ = _abstract_apply(name)
@@ -164,6 +165,7 @@ def test_real_forward_matches_abstract_shapes(name):
 
 
 @pytest.mark.parametrize("name", ["resnet8", "wrn_16_1"])
+@pytest.mark.integration  # heavy: the second tier
 def test_train_mode_updates_batch_stats(name):
     model = models.get_model(name, num_classes=10)
     x = 1.0 + jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
@@ -219,6 +221,7 @@ def test_unknown_name_raises_key_error_listing_names():
         models.input_size("nope")
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_float64_forward_gives_float64_logits():
     with jax.enable_x64(True):
         model = models.get_model("resnet8", num_classes=10)
@@ -309,6 +312,7 @@ def _to_torch_state_dict(variables) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.integration  # heavy: the second tier
 def test_from_torch_inverts_the_generic_key_rule(name):
     _require(name)
     num_classes = _num_classes(name)

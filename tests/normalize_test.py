@@ -36,6 +36,7 @@ def test_jitted_normalize_of_uint8_equals_the_host_formula():
     np.testing.assert_allclose(np.asarray(bf16, np.float32), np.asarray(got), rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_on_device_normalization_equals_the_pipelines_float32_batches(tmp_path):
     """A uint8 batch of the ImageNet pipeline, normalized by a jitted, sharded function on the
     devices, equals the pipeline's own float32 batch of the same pixels (host normalization)."""

@@ -28,23 +28,19 @@ def test_prefetch_yields_the_batches_in_order_as_global_arrays():
 
 def test_prefetch_runs_at_most_depth_batches_ahead_and_raises_the_sources_error():
     taken = []
-    ready = threading.Event()
 
     def source():
         for k in range(100):
             taken.append(k)
-            if k == 4:
-                ready.set()
             if k == 6:
                 raise OSError("disk gone")
             yield {"x": np.zeros((8,), np.float32) + k}
 
     batches = sharding.Prefetch(source(), sharding.make_mesh(), depth=2)
     assert int(next(batches)["x"][0]) == 0
-    ready.wait(timeout=30)
-    time.sleep(0.3)  # room to run further ahead, were it not bounded
+    time.sleep(0.5)  # room to run further ahead, were it not bounded
     # One taken by the consumer, two waiting in the queue, one held by the blocked thread.
-    assert len(taken) <= 5, taken
+    assert len(taken) <= 4, taken
     assert [int(next(batches)["x"][0]) for _ in range(5)] == [1, 2, 3, 4, 5]
     with pytest.raises(OSError, match="disk gone"):
         next(batches)

@@ -72,6 +72,7 @@ def _state_with_extra(train_state, t_vars, tx, images):
     return distiller, state.create_train_state(variables, tx, extra)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_extra_params_train_with_the_student_and_state_is_carried():
     train_state, t_vars, batch, tx, lr_fn = _setup()
     distiller, s0 = _state_with_extra(train_state, t_vars, tx, batch["image"])
@@ -115,6 +116,7 @@ def test_extra_params_train_with_the_student_and_state_is_carried():
     np.testing.assert_allclose(one.extra_params["w"], want, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_teacher_features_carry_no_gradient():
     train_state, t_vars, batch, tx, lr_fn = _setup()
     distiller, s0 = _state_with_extra(train_state, t_vars, tx, batch["image"])
@@ -140,6 +142,7 @@ def test_teacher_features_carry_no_gradient():
 
 
 @pytest.mark.parametrize("teacher_train", [False, True])
+@pytest.mark.integration  # heavy: the second tier
 def test_teacher_batch_norm_mode_follows_teacher_train(teacher_train):
     train_state, t_vars, batch, tx, _ = _setup()
     _, s0 = _state_with_extra(train_state, t_vars, tx, batch["image"])
@@ -162,6 +165,7 @@ def test_teacher_batch_norm_mode_follows_teacher_train(teacher_train):
     chex.assert_trees_all_close(seen["t_feats"], want, rtol=1e-6)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_sharded_step_with_extra_equals_single_device():
     train_state, t_vars, batch, tx, lr_fn = _setup()
     distiller, s0 = _state_with_extra(train_state, t_vars, tx, batch["image"])

@@ -134,6 +134,7 @@ def _run(step_fn, train_state, t_vars, batch, n):
     "name",
     ["luminet_double", pytest.param("vanilla_double", marks=pytest.mark.slow), "luminet", "kd"],
 )
+@pytest.mark.integration  # heavy: the second tier
 def test_sharded_step_equals_single_device_step(name):
     """Loss, metrics, new params/opt state/batch_stats: 8 shards == 1 device, 3 steps.
 
@@ -194,6 +195,7 @@ def test_sharded_step_equals_single_device_step(name):
         )
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_warmup_ramp_seen_through_the_step():
     """Same parameters at epoch 1 and 2 (warmup 2): loss(2) - loss(1) = 0.5 * loss_kd."""
     try:
@@ -209,6 +211,7 @@ def test_warmup_ramp_seen_through_the_step():
     np.testing.assert_allclose(float(m2["loss"]) - float(m1["loss"]), 0.5 * kd, rtol=1e-4)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_float64_step_matches_hand_written_sgd():
     """With x64 on, the step computes in float64 and equals loss/grad/SGD done by hand."""
     with jax.enable_x64(True):

@@ -116,6 +116,7 @@ def _leaf(tree, *path):
     return np.asarray(tree)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_fetch_converts_once_and_later_runs_need_no_network(zoo, weights, capsys):
     server, cache = zoo
     start = len(server.log)
@@ -408,6 +409,7 @@ def test_paper_configs_name_their_teachers_by_zoo_name(zoo):
         launch.preflight(bad)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_recorded_weight_counts_are_the_architectures():
     from luminet_jax.detection import rcnn  # noqa: PLC0415
     from luminet_jax.models import torch_convert  # noqa: PLC0415

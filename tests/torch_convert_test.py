@@ -44,6 +44,7 @@ def _compare(name, *, num_classes=10, batch=2, seed=0, size=None):
     ["resnet20", "resnet8x4", "wrn_16_2", "vgg8", "resnet18",
      pytest.param("resnet50_cifar", marks=pytest.mark.slow)],
 )  # fmt: skip
+@pytest.mark.integration  # heavy: the second tier
 def test_eval_logits_match_pytorch(name):
     diff, scale = _compare(name)
     print(f"{name}: max |logits diff| = {diff:.2e} (max |logit| {scale:.2f})")
@@ -52,6 +53,7 @@ def test_eval_logits_match_pytorch(name):
 
 
 @pytest.mark.parametrize("name", ["resnet50_cifar", "vgg8"])
+@pytest.mark.integration  # heavy: the second tier
 def test_eval_logits_match_pytorch_at_64x64(name):
     """Pooled models run at other sizes; vgg applies its pool3 only at 64x64."""
     diff, scale = _compare(name, size=64)
@@ -121,6 +123,7 @@ def test_data_parallel_prefix_and_torch_tensors():
     )
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_float64_state_dict_gives_float64_variables_and_logits():
     ref, _ = _reference("resnet20")
     ref = ref.double()
@@ -138,6 +141,7 @@ def test_float64_state_dict_gives_float64_variables_and_logits():
         np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-10, rtol=0)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_convert_cli_round_trip(tmp_path):
     checkpoint = pytest.importorskip("luminet_jax.checkpoint")
     if not hasattr(checkpoint, "save_variables") or not hasattr(checkpoint, "load_teacher"):

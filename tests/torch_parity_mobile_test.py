@@ -164,6 +164,7 @@ def test_reference_parameter_count_matches_design(name):
     "name,size",
     [("shufflenet_v1", 32), ("shufflenet_v2", 32), ("mobilenet_v2", 32), ("vit_compact", 32)],
 )
+@pytest.mark.integration  # heavy: the second tier
 def test_eval_logits_match_reference_float32(name, size):
     logits, expected = _compare(name, size)
     assert np.abs(expected).max() > 0.1  # the comparison is not trivially small
@@ -183,6 +184,7 @@ def test_eval_logits_match_reference_float32_imagenet(name):
     # PyTorch's float64 grouped/depthwise convs are slow on CPU, so the CNN case is slow.
     ["vit_compact", pytest.param("shufflenet_v2", marks=pytest.mark.slow)],
 )
+@pytest.mark.integration  # heavy: the second tier
 def test_eval_logits_match_reference_float64(name):
     # In float64 the conversion and the forward pass agree to rounding, not only closely.
     with jax.enable_x64(True):
