@@ -41,25 +41,24 @@ from torch import nn
 from torch.nn import functional as F
 
 try:  # run as `python benchmarks/step.py` (repo root on sys.path) or from benchmarks/
+    from benchmarks import step as jax_step
     from benchmarks import torch_models
 except ImportError:  # pragma: no cover
+    import step as jax_step  # type: ignore[no-redef]
     import torch_models  # type: ignore[no-redef]
 
 METHODS = ("fitnet", "crd", "reviewkd")
 NUM_TRAIN = 50_000  # CIFAR-100's training set: CRD's memories and sample indices
-# The resnet32x4 -> resnet8x4 recipe (mdistiller's CIFAR-100 configs; the same values as
-# benchmarks/step.py's HPARAMS, which tests/torch_feature_step_test.py checks).
+# The resnet32x4 -> resnet8x4 recipe: the pair config's (benchmarks/step.py's HPARAMS), in
+# the keywords of the modules below. CRD samples its negatives as mdistiller ("exact");
+# ReviewKD's channel and shape lists are read off the models, its mid-channel cap is the
+# distiller's default.
+_JAX = jax_step.HPARAMS
 HPARAMS = {
-    "fitnet": dict(ce_weight=1.0, feat_weight=100.0, hint_layer=2),
-    "crd": dict(
-        ce_weight=1.0,
-        feat_weight=0.8,
-        feat_dim=128,
-        num_negatives=16384,
-        temperature=0.07,
-        momentum=0.5,
-    ),  # fmt: skip
-    "reviewkd": dict(ce_weight=1.0, reviewkd_weight=5.0, warmup_epochs=20, max_mid_channel=512),
+    "fitnet": dict(_JAX["fitnet"]),
+    "crd": {k: v for k, v in _JAX["crd"].items() if k != "mode"},
+    "reviewkd": {k: _JAX["reviewkd"][k] for k in ("ce_weight", "reviewkd_weight", "warmup_epochs")}
+    | {"max_mid_channel": 512},
 }
 
 

@@ -28,13 +28,9 @@ except ImportError:  # pragma: no cover
     import torch_feature_step  # type: ignore[no-redef]
     import torch_models  # type: ignore[no-redef]
 
-# Hyperparameters of the resnet32x4 -> resnet8x4 recipe (DESIGN.md section 3).
-HPARAMS = {
-    "vanilla": dict(ce_weight=1.0),
-    "kd": dict(ce_weight=0.1, kd_weight=0.9, temperature=4.0),
-    "dkd": dict(ce_weight=1.0, alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=20),
-    "luminet": dict(ce_weight=2.0, alpha=33.0, temperature=4.0, warmup_epochs=20),
-}
+# The logit methods' resnet32x4 -> resnet8x4 recipe (DESIGN.md section 3): the pair
+# config's (benchmarks/step.py's HPARAMS).
+HPARAMS = {m: torch_feature_step.jax_step.HPARAMS[m] for m in ("vanilla", "kd", "dkd", "luminet")}
 
 
 def _kl(log_p_t: torch.Tensor, log_p_s: torch.Tensor) -> torch.Tensor:
@@ -82,7 +78,7 @@ def distill_loss(method: str, s, t, labels, epoch: int, hparams=None) -> torch.T
     hp = HPARAMS[method] if hparams is None else hparams
     ce = F.cross_entropy(s, labels)
     if method == "vanilla":
-        return hp["ce_weight"] * ce
+        return hp.get("ce_weight", 1.0) * ce  # the distiller's default weight
     if method == "kd":
         return hp["ce_weight"] * ce + hp["kd_weight"] * kd_loss(s, t, hp["temperature"])
     warm = min(epoch / hp["warmup_epochs"], 1.0)
