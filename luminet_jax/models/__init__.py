@@ -154,9 +154,9 @@ def bn_before_relu(model: nn.Module, variables) -> list[dict]:
     return method(variables)
 
 
-def make_ensemble(members) -> nn.Module:
-    """A teacher ensemble whose logits are the mean of its members' logits."""
-    return ensemble.Ensemble(members=tuple(members))
+def make_ensemble(teachers) -> nn.Module:
+    """A teacher ensemble whose logits are the mean of its teachers' logits."""
+    return ensemble.Ensemble(teachers=tuple(teachers))
 
 
 # Imported last: torch_convert looks models up through this module at call time.

@@ -1,8 +1,9 @@
-"""A teacher ensemble: the mean of its members' logits.
+"""A teacher ensemble: the mean of its teachers' logits.
 
-The members are registered as submodules `members_0`, `members_1`, ..., so an ensemble's
-variables are `{"params": {"members_0": <member 0's params>, ...}, "batch_stats": {...}}`,
-built from the members' own variables with `Ensemble.combine_variables`.
+The teachers are registered as submodules `teachers_0`, `teachers_1`, ..., so an ensemble's
+variables are `{"params": {"teachers_0": <teacher 0's params>, ...}, "batch_stats": {...}}`,
+built from the teachers' own variables with `Ensemble.combine_variables`. (Teachers are never
+checkpointed: these keys exist only in memory.)
 """
 
 from __future__ import annotations
@@ -16,41 +17,41 @@ import jax.numpy as jnp
 
 
 class Ensemble(nn.Module):
-    """Averages the logits of `members` (each a zoo classifier).
+    """Averages the logits of `teachers` (each a zoo classifier).
 
     Attributes:
-      members: the member modules (all with the same number of classes).
+      teachers: the teacher modules (all with the same number of classes).
 
-    Returns from `__call__`: (mean logits, feats of the first member). Use it with
-    `train=False` (teachers are frozen); with `train=True` every member updates its own
+    Returns from `__call__`: (mean logits, feats of the first teacher). Use it with
+    `train=False` (teachers are frozen); with `train=True` every teacher updates its own
     batch statistics.
     """
 
-    members: Sequence[nn.Module]
+    teachers: Sequence[nn.Module]
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-        if not self.members:
-            raise ValueError("Ensemble needs at least one member.")
-        outputs = [member(x, train=train) for member in self.members]
+        if not self.teachers:
+            raise ValueError("Ensemble needs at least one teacher.")
+        outputs = [teacher(x, train=train) for teacher in self.teachers]
         logits = jnp.mean(jnp.stack([out[0] for out in outputs]), axis=0)
         return logits, outputs[0][1]
 
     @staticmethod
-    def combine_variables(member_variables: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """Stacks members' `{"params", "batch_stats"}` into the ensemble's variables.
+    def combine_variables(teacher_variables: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Stacks the teachers' `{"params", "batch_stats"}` into the ensemble's variables.
 
         Args:
-          member_variables: one variables dict per member, in member order. A missing
+          teacher_variables: one variables dict per teacher, in order. A missing
             "batch_stats" collection counts as empty.
 
         Returns:
-          {"params": {"members_i": ...}, "batch_stats": {"members_i": ...}} (a member without
-          batch statistics gets no "batch_stats" entry).
+          {"params": {"teachers_i": ...}, "batch_stats": {"teachers_i": ...}} (a teacher
+          without batch statistics gets no "batch_stats" entry).
         """
         params, stats = {}, {}
-        for i, variables in enumerate(member_variables):
-            params[f"members_{i}"] = variables["params"]
+        for i, variables in enumerate(teacher_variables):
+            params[f"teachers_{i}"] = variables["params"]
             if variables.get("batch_stats"):
-                stats[f"members_{i}"] = variables["batch_stats"]
+                stats[f"teachers_{i}"] = variables["batch_stats"]
         return {"params": params, "batch_stats": stats}
