@@ -187,6 +187,7 @@ def test_crd_step_equals_numpy_float64():
     _check_index(np.asarray(idx), b, all_labels, "exact", K)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_gather_and_matmul_scores_agree(monkeypatch):
     _, extra, b, _ = _setup()
     v = crd.embed(extra["params"]["embed_s"], b["s_pooled"])
@@ -320,6 +321,7 @@ def test_hash_stream_values_are_distinct():
     assert 0.45 < np.mean(h >> 31) < 0.55  # the top bit is balanced
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_negatives_are_uniform_over_the_other_classes():
     """Over 4,000 rows of one sample, each of the 30 other-class samples and each pair of
     them is drawn equally often (chi-square within 5 sigma; fixed keys, so exact)."""

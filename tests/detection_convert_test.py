@@ -139,6 +139,7 @@ def test_r18_fpn_model_zoo_pickle_imports(tmp_path):
     assert jax.tree.structure(abstract) == jax.tree.structure(v)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_r50_fpn_state_dict_imports_and_errors_name_keys():
     model = rcnn.get_detector("faster_rcnn_r50_fpn", num_classes=80)
     keys = detector_keys(50, 80)
@@ -320,6 +321,7 @@ def test_convert_file_writes_orbax_variables(tmp_path):
     )
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_task_backbone_hook_puts_c2_weights_into_a_fresh_train_state(tmp_path):
     """config.student.backbone_checkpoint: tasks/detection.py's prepare_state hook."""
     from luminet_jax import optim

@@ -48,6 +48,7 @@ def _step(models, name, axis_name=None, **hparams):
     )
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_step_traces_without_the_teacher_rpn_and_keeps_the_teacher_out_of_the_state(models):
     student, teacher = models
     s_vars = rcnn.abstract_variables(student)
@@ -149,6 +150,7 @@ def test_pixel_converter_gives_the_teacher_its_own_normalization():
     np.testing.assert_allclose(np.asarray(back[0]), student["image"], rtol=0, atol=1e-5)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_step_feeds_the_teacher_the_converted_images(models):
     student, teacher = models
     seen = []

@@ -66,6 +66,7 @@ def ref_rpn(logits, deltas, anchors, labels, gt, per_image, w=(1, 1, 1, 1)):
     return cls / norm, loc / norm
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_rpn_losses_match_reference():
     logits, deltas, anchors, labels, gt = rpn_case(0)
     got = losses.rpn_losses(logits, deltas, anchors, labels, gt, batch_size_per_image=16)
@@ -110,6 +111,7 @@ def ref_roi(logits, deltas, props, classes, gt, valid, k, w=(10, 10, 5, 5)):
 
 
 @pytest.mark.parametrize("agnostic", [False, True])
+@pytest.mark.integration  # heavy: the second tier
 def test_fast_rcnn_losses_match_reference(agnostic):
     args = roi_case(1, agnostic=agnostic)
     got = losses.fast_rcnn_losses(*args, num_classes=5)

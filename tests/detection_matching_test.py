@@ -120,6 +120,7 @@ def test_subsample_counts_fraction_and_membership(n_pos, n_neg):
         assert set(other[valid].tolist()) != set(idx[valid].tolist())
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_subsample_with_fewer_candidates_than_slots():
     positive = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0, 1], bool)
     negative = np.array([0, 1, 1, 0, 0, 1, 1, 1, 0, 0], bool)  # two ignored
@@ -192,6 +193,7 @@ def ref_iou_np(a, b):
     return np.where(inter > 0, inter / (area(a)[:, None] + area(b)[None] - inter), 0)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_roi_targets_sampling_classes_and_appended_gt():
     rng = np.random.default_rng(5)
     _, gt, padded, valid = tiny_scene(rng)
@@ -276,6 +278,7 @@ def test_assign_boxes_to_levels_matches_reference():
     assert got.tolist() == want == [2, 2, 2, 3, 3, 4, 4, 5, 5, 5, 2]
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_multilevel_roi_align_pools_each_roi_from_its_level():
     rng = np.random.default_rng(10)
     feats = [rng.normal(size=(2, 64 // s, 48 // s, 3)) for s in poolers.ROI_STRIDES]

@@ -61,6 +61,7 @@ def test_backbone_fpn_shapes_and_collections(depth):
     assert [o.shape for o in out] == [(2, -(-64 // s), -(-96 // s), 16) for s in fpn.STRIDES]
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_frozen_batchnorm_is_the_affine_map():
     x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
     frozen = {

@@ -119,6 +119,7 @@ def random_boxes(rng, n, lo=0.0, hi=50.0, min_size=1.0, max_size=30.0):
 # ---------------------------------------------------------------- IoU
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_box_iou_matches_reference_incl_disjoint_touching_and_zero_area():
     rng = np.random.default_rng(0)
     a = random_boxes(rng, 9)

@@ -77,6 +77,7 @@ def test_all_valid_mask_equals_no_mask():
         )
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_no_valid_row_gives_zero_not_nan():
     s, t, labels, _ = _inputs()
     for key in ("kd", "dkd", "luminet"):

@@ -135,6 +135,7 @@ def all_distillers(s, t, y, epoch, *, axis_name=None):
     return out
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_distiller_totals_under_shard_map_equal_one_device(mesh):
     s, t, y = inputs()
     epoch = jnp.asarray(2, jnp.int32)

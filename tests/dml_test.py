@@ -36,6 +36,7 @@ def np_dml(logits, labels, temperature):
 
 
 @pytest.mark.parametrize("num_students, temperature", [(2, 1.0), (3, 2.0)])
+@pytest.mark.integration  # heavy: the second tier
 def test_dml_equals_numpy_float64(num_students, temperature):
     rng = np.random.default_rng(num_students)
     logits = [2.0 * rng.standard_normal((6, 5)) for _ in range(num_students)]

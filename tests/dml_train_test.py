@@ -122,6 +122,7 @@ def test_dml_step_loss_equals_dml_loss_and_trains_both_members():
         )
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_eval_reports_every_member():
     variables, batch, _, _ = _setup()
     mask = jnp.asarray(np.arange(BATCH) < BATCH - 3, jnp.float32)  # 3 padded rows

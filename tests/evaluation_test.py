@@ -76,6 +76,7 @@ def test_evaluate_masked_padding_single_device():
     assert 0 < want["top1"] < want["top5"] < 1  # a non-trivial check of both
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_evaluate_sharded_equals_unpadded():
     model, variables, batches, want = _data(num_classes=7)
     mesh = sharding.make_mesh()
@@ -88,6 +89,7 @@ def test_evaluate_sharded_equals_unpadded():
     _check(got, want)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_top5_with_fewer_than_five_classes():
     model, variables, batches, want = _data(num_classes=3)
     got = evaluation.evaluate(jax.jit(steps.make_eval_step(model)), variables, batches)

@@ -208,6 +208,7 @@ def test_figure4_plots_from_sweep_workdirs(tmp_path):
     assert [row.split(" | ")[0][2:] for row in table[2:5]] == ["resnet8x4", "wrn_40_2", "ensemble"]
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_linear_probe_separates_and_is_deterministic():
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(5, 16)) * 3

@@ -82,6 +82,7 @@ def test_cifar10_sample_counts_and_label_order():
     np.testing.assert_array_equal(np.bincount(eval_labels), [100] * 10)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_train_iter_shapes_and_determinism(folder):
     batches = _take(input_pipeline.make_train_iter(folder, global_batch=8, seed=0), 3)
     again = _take(input_pipeline.make_train_iter(folder, global_batch=8, seed=0), 3)

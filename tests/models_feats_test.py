@@ -124,6 +124,7 @@ def test_stage_preact_matches_mdistiller_preact_feats(name):
         _assert_rel(feats["stem"], ref["preact_feats"][0])
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_preact_differs_from_stage_where_a_relu_follows():
     # The comparisons above can fail: pre-activations have negative entries that the ReLU
     # removes (WRN's stages have no ReLU; their preact is the next BatchNorm's output).

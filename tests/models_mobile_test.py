@@ -200,6 +200,7 @@ def test_vit_compact_forward_has_no_batch_stats():
     np.testing.assert_allclose(jnp.var(feats["pooled"], axis=-1), 1.0, rtol=1e-3)
 
 
+@pytest.mark.integration  # heavy: the second tier
 def test_vit_drop_path_needs_rng_and_is_off_by_default():
     model = models.get_model("vit_compact", num_classes=10, depth=2, drop_path_rate=0.5)
     default = models.get_model("vit_compact", num_classes=10, depth=2)
