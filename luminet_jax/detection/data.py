@@ -26,6 +26,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from luminet_jax.detection import buckets as buckets_lib
 from luminet_jax.detection import sources
 
 # torchvision's ImageNet statistics in 0..255 RGB (detectron2's R-18 configs); detectron2's MSRA
@@ -135,51 +136,6 @@ def _check_pads(pad_size, pad_sizes) -> list[tuple[int, int]]:
     return pads
 
 
-def image_sizes(split: Split) -> np.ndarray:
-    """(split.size, 2) int64 (height, width) of every image: from the records, else from
-    `split.sizes()` (a pass over the images, e.g. TFDS)."""
-    if split.records is not None:
-        return np.array([(r.height, r.width) for r in split.records], np.int64).reshape(-1, 2)
-    if split.sizes is None:
-        raise ValueError("this split knows neither its records nor its image sizes")
-    return np.asarray(split.sizes(), np.int64).reshape(-1, 2)
-
-
-def assign_buckets(
-    sizes: np.ndarray, pad_sizes: Sequence[tuple[int, int]], *, short_side: int, max_size: int
-) -> np.ndarray:
-    """Each image's bucket: the smallest-area pad size (first listed among equal areas) that
-    holds the image resized with `short_side` (the largest training short side) and `max_size`.
-
-    Args:
-      sizes: (N, 2) original (height, width).
-      pad_sizes: the buckets' (H, W).
-      short_side, max_size: as `resize_scale`.
-
-    Returns:
-      (N,) int64 indices into `pad_sizes`.
-
-    Raises:
-      ValueError: an image fits no pad size.
-    """
-    sizes = np.asarray(sizes, np.float64).reshape(-1, 2)
-    short, long = sizes.min(1), sizes.max(1)
-    scale = short_side / short  # resize_scale, vectorized (the same float64 arithmetic)
-    scale = np.where(long * scale > max_size, max_size / long, scale)
-    resized = (sizes * scale[:, None] + 0.5).astype(np.int64)  # detectron2's rounding
-    pads = np.asarray(pad_sizes, np.int64).reshape(-1, 2)
-    fits = (resized[:, None, :] <= pads[None]).all(-1)  # (N, buckets)
-    by_area = np.argsort(pads.prod(1), kind="stable")
-    first = fits[:, by_area].argmax(1)
-    if len(sizes) and not fits.any(1).all():
-        i = int(np.flatnonzero(~fits.any(1))[0])
-        raise ValueError(
-            f"image {i} ({sizes[i].astype(int).tolist()} -> {resized[i].tolist()}) fits none "
-            f"of the pad sizes {pads.tolist()}"
-        )
-    return by_area[first]
-
-
 def _padding(pad_size, max_gt) -> dict[str, np.ndarray]:
     """An eval padding example (its image stays the zeros of the batch): no boxes, id -1, mask 0."""
     return {
@@ -253,22 +209,13 @@ def _train_buckets(split, indices, pads, short_sides, max_size) -> np.ndarray:
     """(len(indices),) bucket of each train image; all 0 (no sizes read) for <= 1 pad size."""
     if len(pads) <= 1:
         return np.zeros(len(indices), np.int64)
-    sizes = image_sizes(split)[indices]
-    return assign_buckets(sizes, pads, short_side=max(short_sides), max_size=max_size)
+    sizes = buckets_lib.image_sizes(split)[indices]
+    return buckets_lib.assign_buckets(sizes, pads, short_side=max(short_sides), max_size=max_size)
 
 
 def _bucket_steps(buckets, num_buckets, local_batch, process_count) -> np.ndarray:
-    """(num_buckets,) steps per epoch of each bucket: the fewest whole local batches of it
-    over the processes' shards (every process pads step k alike, so all take the same)."""
-    counts = np.stack(
-        [
-            np.bincount(buckets[shard.start : shard.stop], minlength=num_buckets)
-            for shard in (
-                _shard(len(buckets), p, process_count, True) for p in range(process_count)
-            )
-        ]
-    )
-    return counts.min(0) // local_batch
+    shards = [_shard(len(buckets), p, process_count, True) for p in range(process_count)]
+    return buckets_lib.steps_per_bucket(buckets, shards, num_buckets, local_batch)
 
 
 def train_steps_per_epoch(
@@ -288,11 +235,6 @@ def train_steps_per_epoch(
     pads = [_check_pad(p) for p in pad_sizes]
     buckets = _train_buckets(split, indices, pads, short_sides, max_size)
     return int(_bucket_steps(buckets, max(1, len(pads)), local_batch, process_count).sum())
-
-
-# The tag in the seed of the epoch's bucket schedule, which must not depend on the process
-# (the shuffles' seeds are [seed, process, epoch]; no process has this index).
-_SCHEDULE_TAG = 2**31 - 1
 
 
 def make_train_iter(
@@ -321,13 +263,12 @@ def make_train_iter(
     example's short side (uniform choice from `short_sides`, detectron2's "choice" style) and
     flip (probability 1/2) come from (seed, process, step). Batches never straddle epochs.
 
-    Aspect-ratio buckets (`pad_sizes`): each image belongs to the smallest pad size that holds
-    it at the largest short side (`assign_buckets`), and a batch holds images of one bucket,
-    padded to its size. Bucket b gets S_b steps per epoch: the fewest whole local batches of
-    its images over the processes' shards. The epoch's order of buckets, a shuffle of S_b
-    copies of each b, comes from (seed, epoch) only, so every process pads step k alike;
-    the r-th step of bucket b takes the r-th local batch of the process's shuffled shard
-    restricted to bucket b (< local_batch images per bucket and process are left out of each
+    Aspect-ratio buckets (`pad_sizes`, `detection.buckets`): each image belongs to the
+    smallest pad size that holds it at the largest short side, a batch to one bucket. Bucket
+    b gets S_b steps per epoch, the fewest whole local batches of its images over the
+    processes' shards, in an order drawn from (seed, epoch) only (every process pads step k
+    alike); the r-th step of bucket b takes the r-th local batch of the process's shuffled
+    shard restricted to b (< local_batch images per bucket and process left out of each
     epoch, a different few every epoch). With one pad size this is the plain shuffle.
 
     Args:
@@ -346,7 +287,7 @@ def make_train_iter(
       num_workers: decoding threads.
       process_index, process_count: this process's shard; default jax's.
       pad_sizes: the buckets' (H, W), multiples of 32, in place of `pad_size`; several need
-        the images' sizes up front (`image_sizes`).
+        the images' sizes up front (`buckets.image_sizes`).
     """
     process_index, process_count = _process(process_index, process_count)
     pads = _check_pads(pad_size, pad_sizes)
@@ -361,11 +302,7 @@ def make_train_iter(
         raise ValueError(f"{len(local)} train images per process < local batch {local_batch}")
     unused = [pads[b] for b in range(len(pads)) if bucket_steps[b] == 0 and (buckets == b).any()]
     if unused:
-        logging.warning(
-            "detection data: the images of pad sizes %s are never used (fewer than a local "
-            "batch of them per process)",
-            unused,
-        )
+        logging.warning("detection data: pad sizes %s get no steps (< a local batch)", unused)
     bucket_of = np.zeros(split.size, np.int64)
     bucket_of[indices] = buckets
     short_sides = np.asarray(short_sides, np.int64)
@@ -377,16 +314,7 @@ def make_train_iter(
                 epoch = step // steps_per_epoch
                 order = np.random.default_rng([seed, process_index, epoch]).permutation(local)
                 by_bucket = [order[bucket_of[order] == b] for b in range(len(pads))]
-                # Reference: detectron2's AspectRatioGroupedDataset groups images on the fly
-                # by w > h and yields a group once it holds a batch (padded to that batch's
-                # own maximum size); here the groups are fixed sizes (static shapes, one
-                # compilation each) and the epoch's order of groups is drawn ahead, so a batch
-                # stays a function of (seed, process, step) and all processes pad alike.
-                schedule = np.repeat(np.arange(len(pads)), bucket_steps)
-                if len(pads) > 1:
-                    schedule = np.random.default_rng([seed, _SCHEDULE_TAG, epoch]).permutation(
-                        schedule
-                    )
+                schedule = buckets_lib.epoch_schedule(bucket_steps, seed, epoch)
             k = step - epoch * steps_per_epoch
             bucket = schedule[k]
             r = int(np.count_nonzero(schedule[:k] == bucket))  # the bucket's r-th step
