@@ -18,6 +18,7 @@ def get_config(arg=None):
     config.dataset.update(
         name="tiny_boxes_sample",
         pad_size=(128, 128),
+        pad_sizes=(),  # square 128 x 128 images: one size
         max_gt=4,
         short_sides=(96, 128),
         max_size=128,

@@ -57,6 +57,7 @@ def get_config(arg=None):
     config.dataset.update(
         name=f"coco_dir:{arg.data}",
         pad_size=(128, 128),
+        pad_sizes=(),  # square 128 x 128 images: one size
         max_gt=8,
         short_sides=(96, 112, 128),
         max_size=128,

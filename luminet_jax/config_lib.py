@@ -243,7 +243,10 @@ def detection(**overrides: Any) -> ml_collections.ConfigDict:
 
     Batch 8, lr 0.01, 180k iterations with decays at 120k and 160k, 1000-iteration linear
     warmup (factor 0.001), SGD momentum 0.9, weight decay 1e-4; train short side 640..800
-    (step 32) + flip, max 1333; test short side 800. Images are padded to 1344 x 1344.
+    (step 32) + flip, max 1333; test short side 800. Train batches are padded to one of four
+    aspect-ratio buckets (`pad_sizes`, `detection.data.make_train_iter`; one compilation of the
+    train step each), eval batches to 1344 x 1344 (`pad_size`). A dataset of other image
+    sizes sets its own (`pad_sizes=()`: every batch padded to `pad_size`).
     """
     config = base()
     config.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
@@ -251,7 +254,10 @@ def detection(**overrides: Any) -> ml_collections.ConfigDict:
     config.dataset = dict(
         name="coco2017",
         data_dir="",
-        pad_size=(1344, 1344),  # multiples of 32, >= max_size
+        pad_size=(1344, 1344),  # eval (and train without pad_sizes): multiples of 32, >= max_size
+        # Train: landscape images up to 4:3 (w/h <= 1.36: 800 x 1067 at short side 800) and
+        # wider ones, portrait likewise; each image in the smallest that holds it.
+        pad_sizes=((800, 1088), (800, 1344), (1088, 800), (1344, 800)),
         max_gt=100,  # ground-truth slots per image (COCO: 93 at most after crowd removal)
         short_sides=tuple(range(640, 801, 32)),
         max_size=1333,

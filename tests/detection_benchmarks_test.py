@@ -37,3 +37,15 @@ def test_reduced_table4_teacher_in_distillation_is_the_pinned_teacher():
     # The network's widths (RoI sampling is the student's in distillation: its RoIs are used).
     widths = ("stem_channels", "fpn_channels", "fc_dim", "freeze_at")
     assert {k: merged[k] for k in widths} == {k: fields[k] for k in widths}
+
+
+def test_flops_benchmark_pins_the_coco_configs_sizes():
+    from benchmarks import detection_flops as flops
+
+    ds = importlib.import_module("configs.coco_frcnn_r101_r18").get_config("luminet").dataset
+    assert tuple(tuple(p) for p in ds.pad_sizes) == flops.PAD_SIZES
+    assert tuple(ds.pad_size) == flops.SQUARE and ds.max_gt == flops.MAX_GT
+    assert (max(ds.short_sides), ds.max_size) == (flops.SHORT_SIDE, flops.MAX_SIZE)
+    assert sum(flops.COCO_SAMPLE.values()) == 159
+    shares = flops.bucket_shares()
+    assert sum(shares) == pytest.approx(1.0) and min(shares) > 0

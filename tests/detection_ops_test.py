@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from luminet_jax import sharding
 from luminet_jax.detection import anchors, ops
 
 RTOL = 1e-6
@@ -57,6 +58,32 @@ def ref_nms(boxes, scores, thr, valid=None):
             if j not in removed and j not in keep and ref_iou([boxes[i]], [boxes[j]])[0, 0] > thr:
                 removed.add(j)
     return keep
+
+
+def serial_nms(boxes, scores, *, iou_threshold, max_outputs, mask=None):
+    """The serial greedy NMS that `ops.nms` replaced (one box kept per loop step, up to
+    `max_outputs` steps): the reference for large random cases, where `ref_nms` is slow."""
+    n = boxes.shape[0]
+    order = jnp.argsort(-scores, stable=True)
+    sorted_boxes = boxes[order]
+    alive = jnp.ones((n,), bool) if mask is None else mask.astype(bool)[order]
+
+    def body(k, carry):
+        alive, indices, count = carry
+        pos = jnp.argmax(alive)  # First alive box in sorted order = next kept box.
+        any_alive = alive[pos]
+        suppress = ops.box_iou(sorted_boxes[pos][None], sorted_boxes)[0] > iou_threshold
+        suppress = suppress | (jnp.arange(n) == pos)
+        alive = jnp.where(any_alive, alive & ~suppress, alive)
+        indices = indices.at[k].set(jnp.where(any_alive, order[pos], -1).astype(jnp.int32))
+        return alive, indices, count + any_alive.astype(jnp.int32)
+
+    init = (alive, jnp.full((max_outputs,), -1, jnp.int32), jnp.zeros((), jnp.int32))
+    _, indices, count = jax.lax.fori_loop(0, max_outputs, body, init)
+    return indices, count
+
+
+serial_nms_jit = jax.jit(serial_nms, static_argnames=("max_outputs",))
 
 
 def ref_point_weights(y, x, h, w):
@@ -204,6 +231,68 @@ def test_batched_nms_equals_nms_per_class():
         iou_threshold=0.5, max_outputs=50, mask=valid,
     )  # fmt: skip
     assert np.asarray(idx)[: int(count)].tolist() == want
+
+
+def clustered_boxes(rng, n, clusters, dtype):
+    """n boxes jittered around a few centres: long suppression chains, many blocks."""
+    centres = random_boxes(rng, clusters, hi=200.0, min_size=10.0, max_size=60.0)
+    boxes = centres[rng.integers(0, clusters, n)] + rng.normal(0, 4.0, (n, 4))
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 0.5)
+    return boxes.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "n, block, max_outputs, thr",
+    [(1500, 256, 1000, 0.7), (1500, 64, 300, 0.5), (700, 7, 700, 0.3), (300, 512, 40, 0.6)],
+)
+def test_blocked_nms_equals_the_serial_greedy_on_random_boxes(dtype, n, block, max_outputs, thr):
+    rng = np.random.default_rng(n + block)
+    boxes = clustered_boxes(rng, n, clusters=max(2, n // 40), dtype=dtype)
+    scores = np.round(rng.uniform(0, 1, n), 2).astype(dtype)  # ties across blocks
+    valid = rng.uniform(0, 1, n) < 0.9
+    blocked = jax.jit(ops.nms, static_argnames=("max_outputs", "block_size"))
+    for mask in (None, valid):
+        args = (jnp.asarray(boxes), jnp.asarray(scores))
+        want = serial_nms_jit(*args, iou_threshold=thr, max_outputs=max_outputs, mask=mask)
+        got = blocked(
+            *args, iou_threshold=thr, max_outputs=max_outputs, mask=mask, block_size=block
+        )
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+        assert int(got[1]) == int(want[1]) > 0
+
+
+def test_blocked_nms_identical_boxes_across_blocks_and_early_stop():
+    # 50 copies of one box then 50 disjoint boxes, blocks of 8: one kept per cluster.
+    same = np.tile([[0.0, 0.0, 10.0, 10.0]], (50, 1))
+    disjoint = np.array([[20.0 * k, 100.0, 20.0 * k + 10, 110.0] for k in range(50)])
+    boxes = np.concatenate([same, disjoint])
+    scores = np.concatenate([np.full(50, 0.9), np.linspace(0.8, 0.1, 50)])
+    idx, count = ops.nms(
+        jnp.asarray(boxes), jnp.asarray(scores), iou_threshold=0.5, max_outputs=20, block_size=8
+    )
+    assert np.asarray(idx).tolist() == [0] + list(range(50, 69)) and int(count) == 20
+
+
+def test_nms_under_vmap_and_shard_map_equals_per_image():
+    # The RPN's use: vmapped over a shard's images inside the sharded train step.
+    rng = np.random.default_rng(7)
+    boxes = np.stack([clustered_boxes(rng, 300, 8, np.float32) for _ in range(8)])
+    scores = rng.uniform(0, 1, (8, 300)).astype(np.float32)
+    one = lambda b, s: ops.nms(b, s, iou_threshold=0.6, max_outputs=100, block_size=64)  # noqa: E731
+    mesh = sharding.make_mesh()
+    spec = jax.sharding.PartitionSpec(sharding.DATA_AXIS)
+    sharded = jax.jit(
+        jax.shard_map(jax.vmap(one), mesh=mesh, in_specs=(spec, spec), out_specs=spec)
+    )
+    put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh))  # noqa: E731
+    idx, count = sharded(put(boxes), put(scores))
+    for i in range(8):
+        want = serial_nms_jit(
+            jnp.asarray(boxes[i]), jnp.asarray(scores[i]), iou_threshold=0.6, max_outputs=100
+        )
+        np.testing.assert_array_equal(np.asarray(idx[i]), np.asarray(want[0]))
+        assert int(count[i]) == int(want[1])
 
 
 # ---------------------------------------------------------------- RoIAlign

@@ -1,8 +1,9 @@
 """Detection batches: `sources.Split`s -> static-shape numpy batches (host side, no tf.data).
 
 Batches (`make_train_iter` / `make_eval_iter`, process-local, `global_batch // process_count`):
-  image (B, H, W, 3) float32, normalized ((pixel - mean) / std) and zero-padded to the fixed
-  `pad_size` (multiples of 32); boxes (B, G, 4) float32 x1y1x2y2 in padded-image pixels; classes
+  image (B, H, W, 3) float32, normalized ((pixel - mean) / std) and zero-padded to a fixed
+  size (multiples of 32): `pad_size`, or in training one of `pad_sizes` (aspect-ratio buckets,
+  see `make_train_iter`); boxes (B, G, 4) float32 x1y1x2y2 in padded-image pixels; classes
   (B, G) int32; gt_mask (B, G) bool (padding False; padded boxes and classes are 0); image_id
   (B,) int32 (jax's default width; COCO ids fit); scale (B,) float32 (original pixels =
   padded-image pixels / scale); image_size (B, 2) int32 valid (h, w); index (B,) int32, the
@@ -10,9 +11,10 @@ Batches (`make_train_iter` / `make_eval_iter`, process-local, `global_batch // p
   "index"); eval batches add mask (B,) float32 (0 for padding images, whose image_id and index
   are -1).
 Train: multi-scale short side (detectron2's ResizeShortestEdge, "choice") + horizontal flip;
-eval: fixed short side, no flip. Train batches are a pure function of (seed, process, step), so
-`start_step=k` resumes with exactly the batches of an uninterrupted run (as
-`data.input_pipeline.make_train_iter`). Sources and dataset names: `detection.sources`.
+eval: fixed short side, no flip, padded to `pad_size`. Train batches are a pure function of
+(seed, process, step), so `start_step=k` resumes with exactly the batches of an uninterrupted
+run (as `data.input_pipeline.make_train_iter`), and every process pads step k's batch to the
+same size (a function of (seed, step) only). Sources and dataset names: `detection.sources`.
 """
 
 import collections
@@ -24,6 +26,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from luminet_jax.detection import buckets as buckets_lib
 from luminet_jax.detection import sources
 
 # torchvision's ImageNet statistics in 0..255 RGB (detectron2's R-18 configs); detectron2's MSRA
@@ -125,6 +128,14 @@ def _check_pad(pad_size):
     return pad_size
 
 
+def _check_pads(pad_size, pad_sizes) -> list[tuple[int, int]]:
+    """The train pad sizes: `pad_sizes` if given (each checked), else [pad_size]."""
+    pads = [_check_pad(p) for p in (pad_sizes or [pad_size])]
+    if len(set(pads)) != len(pads):
+        raise ValueError(f"pad_sizes {pads} repeat a size")
+    return pads
+
+
 def _padding(pad_size, max_gt) -> dict[str, np.ndarray]:
     """An eval padding example (its image stays the zeros of the batch): no boxes, id -1, mask 0."""
     return {
@@ -139,12 +150,12 @@ def _padding(pad_size, max_gt) -> dict[str, np.ndarray]:
     }
 
 
-def _batches(plan, split: Split, prepare, padding, image_shape, num_workers: int):
+def _batches(plan, split: Split, prepare, padding, num_workers: int):
     """Yields stacked batches of `prepare(record, image, *args)` over each planned batch.
 
-    `plan` yields lists of (example index, *args); index -1 is an eval padding example. Decoding,
-    resizing and normalizing (into the batch's image array) run in a thread pool (PIL and numpy
-    release the GIL), one batch ahead of the caller.
+    `plan` yields (pad size, list of (example index, *args)); index -1 is an eval padding
+    example. Decoding, resizing and normalizing (into the batch's image array) run in a thread
+    pool (PIL and numpy release the GIL), one batch ahead of the caller.
     """
 
     def load(item, out):
@@ -169,8 +180,8 @@ def _batches(plan, split: Split, prepare, padding, image_shape, num_workers: int
     warned = False
     with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
         pending = collections.deque()
-        for items in plan:
-            images = np.zeros((len(items), *image_shape), np.float32)  # Zero pages: cheap.
+        for pad_size, items in plan:
+            images = np.zeros((len(items), *pad_size, 3), np.float32)  # Zero pages: cheap.
             pending.append((images, [pool.submit(load, x, y) for x, y in zip(items, images)]))
             if len(pending) > 1:
                 yield collect(*pending.popleft())
@@ -186,20 +197,44 @@ def _shard(n: int, process_index: int, process_count: int, drop_remainder: bool)
     return range(start, start + base + (process_index < extra))
 
 
-def train_steps_per_epoch(
-    split: Split, *, global_batch: int, process_count: int = 1, filter_empty: bool = True
-) -> int:
-    """Batches per epoch of `make_train_iter` (each process drops its share's remainder)."""
-    n = len(_train_indices(split, filter_empty))
-    return (n // process_count) // _local_batch(global_batch, process_count)
-
-
 def _train_indices(split: Split, filter_empty: bool) -> np.ndarray:
     if not filter_empty or split.records is None:
         # Reference: detectron2 drops train images without annotations; the TFDS source keeps
         # them (that needs a pass over the whole split), the targets are then all padding.
         return np.arange(split.size)
     return np.array([i for i, r in enumerate(split.records) if len(r.boxes)], np.int64)
+
+
+def _train_buckets(split, indices, pads, short_sides, max_size) -> np.ndarray:
+    """(len(indices),) bucket of each train image; all 0 (no sizes read) for <= 1 pad size."""
+    if len(pads) <= 1:
+        return np.zeros(len(indices), np.int64)
+    sizes = buckets_lib.image_sizes(split)[indices]
+    return buckets_lib.assign_buckets(sizes, pads, short_side=max(short_sides), max_size=max_size)
+
+
+def _bucket_steps(buckets, num_buckets, local_batch, process_count) -> np.ndarray:
+    shards = [_shard(len(buckets), p, process_count, True) for p in range(process_count)]
+    return buckets_lib.steps_per_bucket(buckets, shards, num_buckets, local_batch)
+
+
+def train_steps_per_epoch(
+    split: Split,
+    *,
+    global_batch: int,
+    process_count: int = 1,
+    filter_empty: bool = True,
+    pad_sizes: Sequence[tuple[int, int]] = (),
+    short_sides: Sequence[int] = (),
+    max_size: int = 0,
+) -> int:
+    """Batches per epoch of `make_train_iter` (each process drops its share's remainder; with
+    several `pad_sizes`, each bucket's remainder; the arguments as `make_train_iter`'s)."""
+    local_batch = _local_batch(global_batch, process_count)
+    indices = _train_indices(split, filter_empty)
+    pads = [_check_pad(p) for p in pad_sizes]
+    buckets = _train_buckets(split, indices, pads, short_sides, max_size)
+    return int(_bucket_steps(buckets, max(1, len(pads)), local_batch, process_count).sum())
 
 
 def make_train_iter(
@@ -220,6 +255,7 @@ def make_train_iter(
     num_workers: int = 4,
     process_index: int | None = None,
     process_count: int | None = None,
+    pad_sizes: Sequence[tuple[int, int]] = (),
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless iterator of process-local train batches, a pure function of (seed, step).
 
@@ -227,11 +263,20 @@ def make_train_iter(
     example's short side (uniform choice from `short_sides`, detectron2's "choice" style) and
     flip (probability 1/2) come from (seed, process, step). Batches never straddle epochs.
 
+    Aspect-ratio buckets (`pad_sizes`, `detection.buckets`): each image belongs to the
+    smallest pad size that holds it at the largest short side, a batch to one bucket. Bucket
+    b gets S_b steps per epoch, the fewest whole local batches of its images over the
+    processes' shards, in an order drawn from (seed, epoch) only (every process pads step k
+    alike); the r-th step of bucket b takes the r-th local batch of the process's shuffled
+    shard restricted to b (< local_batch images per bucket and process left out of each
+    epoch, a different few every epoch). With one pad size this is the plain shuffle.
+
     Args:
       split: the train `Split` (`source.splits[source.train_split]()`).
       global_batch: images over all processes; each yields global_batch // process_count.
       seed: the run's seed.
-      pad_size: fixed (H, W) of every batch, multiples of 32 (>= max_size for any aspect).
+      pad_size: fixed (H, W) of every batch, multiples of 32 (>= max_size for any aspect),
+        unless `pad_sizes` are given.
       max_gt: G, ground-truth slots per image; further boxes are dropped with a warning.
       short_sides: candidate short-side lengths (detectron2: 640, 672, ..., 800).
       max_size: longest side after resizing (detectron2: 1333).
@@ -241,38 +286,57 @@ def make_train_iter(
       mean, std: normalization in 0..255 RGB; bgr: emit channels in BGR order.
       num_workers: decoding threads.
       process_index, process_count: this process's shard; default jax's.
+      pad_sizes: the buckets' (H, W), multiples of 32, in place of `pad_size`; several need
+        the images' sizes up front (`buckets.image_sizes`).
     """
     process_index, process_count = _process(process_index, process_count)
-    pad_size = _check_pad(pad_size)
+    pads = _check_pads(pad_size, pad_sizes)
     local_batch = _local_batch(global_batch, process_count)
     indices = _train_indices(split, filter_empty)
+    buckets = _train_buckets(split, indices, pads, short_sides, max_size)
+    bucket_steps = _bucket_steps(buckets, len(pads), local_batch, process_count)
+    steps_per_epoch = int(bucket_steps.sum())
     shard = _shard(len(indices), process_index, process_count, True)
     local = indices[shard.start : shard.stop]
-    steps_per_epoch = len(local) // local_batch
     if steps_per_epoch == 0:
         raise ValueError(f"{len(local)} train images per process < local batch {local_batch}")
+    unused = [pads[b] for b in range(len(pads)) if bucket_steps[b] == 0 and (buckets == b).any()]
+    if unused:
+        logging.warning("detection data: pad sizes %s get no steps (< a local batch)", unused)
+    bucket_of = np.zeros(split.size, np.int64)
+    bucket_of[indices] = buckets
     short_sides = np.asarray(short_sides, np.int64)
 
     def plan():
-        step = int(start_step)
+        step, epoch = int(start_step), None
         while True:
-            epoch, k = divmod(step, steps_per_epoch)
-            order = np.random.default_rng([seed, process_index, epoch]).permutation(local)
+            if step // steps_per_epoch != epoch:
+                epoch = step // steps_per_epoch
+                order = np.random.default_rng([seed, process_index, epoch]).permutation(local)
+                by_bucket = [order[bucket_of[order] == b] for b in range(len(pads))]
+                schedule = buckets_lib.epoch_schedule(bucket_steps, seed, epoch)
+            k = step - epoch * steps_per_epoch
+            bucket = schedule[k]
+            r = int(np.count_nonzero(schedule[:k] == bucket))  # the bucket's r-th step
+            chosen = by_bucket[bucket][r * local_batch : (r + 1) * local_batch]
             rng = np.random.default_rng([seed, process_index, epoch, k, 1])
             shorts = rng.choice(short_sides, local_batch)
             flips = rng.random(local_batch) < 0.5 if flip else np.zeros(local_batch, bool)
-            chosen = order[k * local_batch : (k + 1) * local_batch]
-            yield list(zip(chosen.tolist(), shorts.tolist(), flips.tolist()))
+            pad = pads[bucket]
+            yield (
+                pad,
+                list(zip(chosen.tolist(), shorts.tolist(), flips.tolist(), [pad] * len(chosen))),
+            )
             step += 1
 
-    def prepare(record, image, short_side, flipped, out):
+    def prepare(record, image, short_side, flipped, pad, out):
         return transform(
             record,
             image,
             short_side=short_side,
             max_size=max_size,
             flip=flipped,
-            pad_size=pad_size,
+            pad_size=pad,
             max_gt=max_gt,
             mean=mean,
             std=std,
@@ -280,7 +344,7 @@ def make_train_iter(
             out=out,
         )
 
-    return _batches(plan(), split, prepare, None, (*pad_size, 3), num_workers)
+    return _batches(plan(), split, prepare, None, num_workers)
 
 
 def make_eval_iter(
@@ -311,7 +375,8 @@ def make_eval_iter(
     num_batches = math.ceil(per_process / local_batch)
     local += [-1] * (num_batches * local_batch - len(local))
     plan = (
-        [(i,) for i in local[b * local_batch : (b + 1) * local_batch]] for b in range(num_batches)
+        (pad_size, [(i,) for i in local[b * local_batch : (b + 1) * local_batch]])
+        for b in range(num_batches)
     )
 
     def prepare(record, image, out):
@@ -329,4 +394,4 @@ def make_eval_iter(
             out=out,
         )
 
-    return _batches(plan, split, prepare, _padding(pad_size, max_gt), (*pad_size, 3), num_workers)
+    return _batches(plan, split, prepare, _padding(pad_size, max_gt), num_workers)

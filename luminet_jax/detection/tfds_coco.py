@@ -11,6 +11,7 @@ import os
 import pathlib
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from luminet_jax.detection import records
@@ -92,6 +93,13 @@ def split(name: str, data_dir):
         return _record(ex, image.shape[:2], records.Record), image
 
     @functools.cache
+    def sizes():
+        # A pass over the split's encoded images (headers parsed, pixels not decoded): the
+        # aspect-ratio buckets of the train batches need every image's size up front.
+        logging.info("Reading the image sizes of %s %s (one pass over the split)", NAME, name)
+        return np.array([records.decoded_size(ex["image"]) for ex in source], np.int64)
+
+    @functools.cache
     def gt():
         images, annotations = [], []
         for ex in source:
@@ -131,4 +139,4 @@ def split(name: str, data_dir):
         ]
         return {"images": images, "annotations": annotations, "categories": categories}
 
-    return records.Split(len(source), example, gt, None)
+    return records.Split(len(source), example, gt, None, sizes)

@@ -8,8 +8,11 @@ the eval split (`detection.coco`, primary metric "AP"). Config sections
 (configs/tiny_boxes_frcnn.py, configs/coco_frcnn_r101_r18.py):
 
     dataset   name (`detection.sources`: "tiny_boxes_sample", "coco_dir:<path>", "coco2017"),
-              data_dir, pad_size (H, W), max_gt, short_sides, max_size (train),
-              test_short_side, test_max_size, flip, filter_empty, mean, std, bgr, num_workers
+              data_dir, pad_size (H, W) (eval, and train without pad_sizes), pad_sizes
+              (optional: the train batches' aspect-ratio buckets, `data.make_train_iter`;
+              one compilation of the train step each), max_gt, short_sides, max_size
+              (train), test_short_side, test_max_size, flip, filter_empty, mean, std, bgr,
+              num_workers
     student   name (a key of `rcnn.DETECTORS`) + FasterRCNN fields (num_classes is the
               dataset's), and backbone_checkpoint: "" or ImageNet ResNet weights
               (`convert.load_backbone`: torchvision .pth, C2 .pkl, detectron2 names)
@@ -100,6 +103,11 @@ def _fields(section: Any, skip: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k not in skip}
 
 
+def _pad_sizes(ds: Any) -> tuple[tuple[int, int], ...]:
+    """The dataset's train pad sizes (`pad_sizes`; configs without the field: none)."""
+    return tuple(tuple(int(x) for x in p) for p in ds.get("pad_sizes", ()))
+
+
 def _data_kwargs(ds: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(make_train_iter kwargs, make_eval_iter kwargs) of the dataset section."""
     common = dict(
@@ -116,6 +124,7 @@ def _data_kwargs(ds: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         max_size=ds.max_size,
         flip=ds.flip,
         filter_empty=ds.filter_empty,
+        pad_sizes=_pad_sizes(ds),
     )
     return train, dict(common, short_side=ds.test_short_side, max_size=ds.test_max_size)
 
@@ -254,6 +263,9 @@ def _batches(config: Any, source: Any, mesh: Any):
         global_batch=config.batch_size,
         process_count=jax.process_count(),
         filter_empty=ds.filter_empty,
+        pad_sizes=train_kwargs["pad_sizes"],
+        short_sides=train_kwargs["short_sides"],
+        max_size=ds.max_size,
     )
     if steps_per_epoch <= 0:
         raise ValueError(f"{train_split.size} training images < batch {config.batch_size}")
