@@ -270,6 +270,7 @@ def _batches(config: Any, source: Any, mesh: Any):
     if steps_per_epoch <= 0:
         raise ValueError(f"{train_split.size} training images < batch {config.batch_size}")
 
+    # Host batches, put on the devices by a background thread ahead of use.
     def train_batches(start_step: int, seed: int):
         it = data.make_train_iter(
             train_split,
@@ -278,13 +279,12 @@ def _batches(config: Any, source: Any, mesh: Any):
             start_step=start_step,
             **train_kwargs,
         )
-        return lambda step: sharding.to_global(next(it), mesh)
+        batches = sharding.Prefetch(it, mesh)
+        return lambda step: next(batches)
 
     def eval_batches():
-        for local in data.make_eval_iter(
-            eval_split, global_batch=config.eval_batch_size, **eval_kwargs
-        ):
-            yield sharding.to_global(local, mesh)
+        local = data.make_eval_iter(eval_split, global_batch=config.eval_batch_size, **eval_kwargs)
+        return sharding.Prefetch(local, mesh)
 
     return steps_per_epoch, train_batches, eval_batches, eval_split.gt()
 
