@@ -7,12 +7,12 @@ Runs the shipped config `quickstart` (configs/quickstart.py) three times on
 "cifar10_sample" (4,000 CIFAR-10 JPEGs in assets/, shipped with the package; 3,000 train /
 1,000 test; no network): trains a resnet14 teacher, distills a resnet8 student from it with
 each method, and prints a markdown table of top-1 (best and last eval). Sized for a laptop
-CPU: about 7 minutes on an idle 2-core machine (422 s measured on 2026-12-01). Progress
+CPU: about 3 to 4 minutes on an idle 2-core machine (200 s measured on 2026-12-06). Progress
 lines (images/s, ETA) are logged while it runs; it works from any directory.
 
-Measured result (seed 0): teacher resnet14 0.458; resnet8 KD 0.400; resnet8 LumiNet 0.447 on
-one machine, 0.415 / 0.384 / 0.425 on another: repeatable on one machine, a few points apart
-across machines; LumiNet above KD is the result that should hold.
+Measured result (seed 0, 2026-12-06): teacher resnet14 0.404; resnet8 KD 0.371; resnet8
+LumiNet 0.438: repeatable on one machine, a few points apart across machines; LumiNet above
+KD is the result that should hold.
 """
 
 from __future__ import annotations
