@@ -1,7 +1,7 @@
 """Rebuild assets/cifar10-sample.tar.gz from ../shared/data/cifar10-jpeg.tar.gz (see README.md).
 
 Selection rule: for each of the 10 classes, train files 0000.jpg..0299.jpg and test files
-0000.jpg..0099.jpg, original JPEG bytes. The output is byte-reproducible: sorted members,
+0000.jpg..0099.jpg, original JPEG bytes. The output is byte-reproducible: sorted entries,
 fixed mtime/owner/mode and a gzip header with mtime 0.
 
     python assets/make_cifar10_sample.py [SOURCE_TAR_GZ] [OUTPUT_TAR_GZ]
@@ -34,9 +34,9 @@ def _selected(name: str) -> bool:
 def main(source: pathlib.Path = SOURCE, output: pathlib.Path = OUTPUT) -> None:
     files = {}
     with tarfile.open(source, "r:gz") as tar:
-        for member in tar:
-            if member.isfile() and _selected(member.name):
-                files[member.name] = tar.extractfile(member).read()
+        for info in tar:
+            if info.isfile() and _selected(info.name):
+                files[info.name] = tar.extractfile(info).read()
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as out:
         for name in sorted(files):

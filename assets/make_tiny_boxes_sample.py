@@ -2,7 +2,7 @@
 
 The sample is `luminet_jax.detection.tiny_boxes.build(..., num_train=64, num_val=32, seed=0,
 quality=85)` (2x2 tiles of real Tiny-ImageNet images with their real boxes, see that module),
-packed under the top folder `tiny-boxes-sample/` with sorted members, fixed mtime/owner/mode and
+packed under the top folder `tiny-boxes-sample/` with sorted entries, fixed mtime/owner/mode and
 a gzip header with mtime 0, so the same Pillow version rebuilds it byte for byte.
 
     python assets/make_tiny_boxes_sample.py [SOURCE] [OUTPUT_TAR_GZ]

@@ -16,7 +16,7 @@ imported unless already set), so the exported modules are the N-device programs
                           their `distiller.init` extra params and state (CRD: 50,000 samples),
                           DML on its cohort
   eval/resnet8x4          the eval step (`steps.make_eval_step`, masked sums)
-  seeds/luminet           4 seeds in one job (`members.shard_train_step`: vmap over members)
+  seeds/luminet           4 seeds in one job (`seed_runs.shard_train_step`: vmap over the runs)
   imagenet_bf16/luminet   resnet34 -> resnet18, 224 x 224, batch 256, bfloat16 compute
                           (LumiNet with the ImageNet recipe)
   detection/train         Faster R-CNN R-18-FPN, 800 x 800, batch 8
@@ -199,21 +199,21 @@ class _Builder:
     def seeds(self):
         import jax
 
-        from luminet_jax import members
+        from luminet_jax import seed_runs
 
         step, (abstract_state, t_vars, batch) = self.train_parts("luminet")
-        job = members.shard_train_step(step, self.mesh, list(range(SEEDS)))
+        job = seed_runs.shard_train_step(step, self.mesh, list(range(SEEDS)))
         stacked = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct((SEEDS, *a.shape), a.dtype, sharding=self.rep),
             abstract_state,
         )
         job_batch = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(
-                (SEEDS, *a.shape), a.dtype, sharding=members.member_batch_sharding(self.mesh)
+                (SEEDS, *a.shape), a.dtype, sharding=seed_runs.runs_batch_sharding(self.mesh)
             ),
             batch,
         )
-        # members.shard_train_step returns a plain function around its jitted step (it adds
+        # seed_runs.shard_train_step returns a plain function around its jitted step (it adds
         # the seeds); jit it once more so that jax.export takes it.
         return jax.jit(job), (stacked, t_vars, job_batch)
 

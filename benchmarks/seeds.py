@@ -1,19 +1,19 @@
-"""Images/s of one run vs several seeds trained together in one job (luminet_jax.members).
+"""Images/s of one run vs several seeds trained together in one job (luminet_jax.seed_runs).
 
     python benchmarks/seeds.py --pair resnet32x4:resnet8x4 --method luminet --seeds 4,8 \
         --batch 64 --steps 10 [--throughput-steps 50] [--dtype bfloat16] [--devices N] \
         [--cache-dir auto|DIR|off] [--out results.json]
 
 The variants are the trainer's own steps (`steps.make_train_step`, jitted by
-`sharding.shard_train_step` for one run and by `members.shard_train_step` for each job of
+`sharding.shard_train_step` for one run and by `seed_runs.shard_train_step` for each job of
 S seeds, `--seeds` a comma-separated list of S) on synthetic batches already on the
 devices, compiled first and then timed INTERLEAVED (one step of each per round), so the
 ratios compare steps under the same machine load. Two measures, as benchmarks/step.py:
 latency (each step waited for) and throughput (`--throughput-steps` steps back to back,
 one wait at the end, `--throughput-rounds` rounds). A job processes S x batch images per
-step; reported per variant: ms/step, images/s (all members), images/s per seed (= per
-member: what each run of the job trains at), and the speedup, the job's images/s over the
-single run's (1.0 = no gain from batching the members; on an accelerator that one small
+step; reported per variant: ms/step, images/s (all runs), images/s per seed (= per
+run: what each run of the job trains at), and the speedup, the job's images/s over the
+single run's (1.0 = no gain from batching the runs; on an accelerator that one small
 student leaves idle it is larger).
 """
 
@@ -40,8 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--pair", default="resnet32x4:resnet8x4", help="teacher:student")
     p.add_argument("--method", default="luminet", choices=sorted(HPARAMS))
-    p.add_argument("--seeds", default="5", help="members per job, e.g. 4,8 (1 seed is added)")
-    p.add_argument("--batch", type=int, default=64, help="global batch per member")
+    p.add_argument("--seeds", default="5", help="runs (seeds) per job, e.g. 4,8 (1 seed is added)")
+    p.add_argument("--batch", type=int, default=64, help="global batch per run")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--num-classes", type=int, default=100)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
 
     from benchmarks import step as step_bench
     from benchmarks import timing
-    from luminet_jax import distillers, launch, members, models, optim, sharding, state, steps
+    from luminet_jax import distillers, launch, models, optim, seed_runs, sharding, state, steps
 
     cache_dir = launch.enable_compilation_cache(args.cache_dir)
     mesh = sharding.make_mesh(jax.devices()[: args.devices])
@@ -111,14 +111,14 @@ def main(argv=None) -> dict:
     one_batch = jax.device_put(
         {k: v[0] for k, v in batch(1).items()}, sharding.batch_sharding(mesh)
     )
-    # name -> [step, state, batch, members]
+    # name -> [step, state, batch, runs]
     jobs = {"1 seed": [sharding.shard_train_step(step, mesh), None, one_batch, 1]}
     jobs["1 seed"][1] = jax.device_put(host_states[0], rep)
     for n in counts:
-        job_batch = jax.device_put(batch(n), members.member_batch_sharding(mesh))
+        job_batch = jax.device_put(batch(n), seed_runs.runs_batch_sharding(mesh))
         jobs[f"{n} seeds"] = [
-            members.shard_train_step(step, mesh, list(range(n))),
-            members.stack(host_states[:n], mesh),
+            seed_runs.shard_train_step(step, mesh, list(range(n))),
+            seed_runs.stack(host_states[:n], mesh),
             job_batch,
             n,
         ]

@@ -143,12 +143,12 @@ def _row(run: Run) -> str:
     )
 
 
-def _mean_row(job: str, members: Sequence[Run]) -> str:
-    first = members[0]
+def _mean_row(job: str, runs_of_job: Sequence[Run]) -> str:
+    first = runs_of_job[0]
     return (
-        f"| {job} (mean ± std of {len(members)} seeds) | {first.method or '-'} "
-        f"| {first.student or '-'} | {first.metric} | {_mean_std([m.best for m in members])} "
-        f"| {_mean_std([m.last for m in members])} | {_number(first.teacher)} | {first.steps} |"
+        f"| {job} (mean ± std of {len(runs_of_job)} seeds) | {first.method or '-'} "
+        f"| {first.student or '-'} | {first.metric} | {_mean_std([m.best for m in runs_of_job])} "
+        f"| {_mean_std([m.last for m in runs_of_job])} | {_number(first.teacher)} | {first.steps} |"
     )
 
 
@@ -162,9 +162,9 @@ def format_table(runs: Sequence[Run]) -> str:
         lines.append(_row(run))
         job = _job(run)
         if job and (i + 1 == len(runs) or _job(runs[i + 1]) != job):
-            members = [r for r in runs if _job(r) == job]
-            if len(members) > 1:
-                lines.append(_mean_row(job, members))
+            runs_of_job = [r for r in runs if _job(r) == job]
+            if len(runs_of_job) > 1:
+                lines.append(_mean_row(job, runs_of_job))
     return "\n".join(lines)
 
 

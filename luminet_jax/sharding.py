@@ -87,7 +87,7 @@ def shard_train_step(train_step: Callable, mesh: Mesh, batch_spec: P = BATCH) ->
       train_step: from `steps.make_train_step(..., axis_name="data")`.
       mesh: the data mesh.
       batch_spec: how the batch splits: along its leading axis (several seeds in one job:
-        `members.MEMBER_BATCH`, along axis 1).
+        `seed_runs.RUNS_BATCH`, along axis 1).
 
     Returns:
       The jitted `fn(state, teacher_variables, batch) -> (state, metrics)`.

@@ -200,8 +200,8 @@ def distillation_loss(
     def loss_fn(params, extra_params, state, teacher_variables, batch):
         images, labels = model_input(batch["image"], pixels), batch["label"]
         epoch = state.step // steps_per_epoch + 1  # traced int: no recompiles across epochs
-        # A run's seed: `dropout_seed`, or the member's seed when several seeds train in one
-        # job (members.vmapped_step puts it in the batch): the same keys either way.
+        # A run's seed: `dropout_seed`, or the run's seed when several seeds train in one
+        # job (seed_runs.vmapped_step puts it in the batch): the same keys either way.
         seed = batch.get("seed", dropout_seed)
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         # The distiller's key (e.g. CRD's negatives) is the same on every shard.

@@ -42,7 +42,7 @@ class Cache:
     def state(self, name: str, teacher: teacher_zoo.Teacher) -> tuple[str, int]:
         """(what of entry `name` is cached, its size in bytes) for `luminet-teachers list`."""
         source = teacher_zoo.SOURCES[teacher.source]
-        file = self.extracted(name) if teacher.member else self.download(source)
+        file = self.extracted(name) if teacher.in_archive else self.download(source)
         pattern = glob.escape(os.path.join(self.root, "converted", name)) + "-*cls"
         converted = sorted(glob.glob(pattern))
         if converted:

@@ -8,7 +8,7 @@ from (for `config.student.backbone_checkpoint`; `resnet18` serves the R-18 stude
 
 Checks. torch.hub's own: torchvision's file names carry the first hex digits of the file's
 sha256, which the download must match. mdistiller and detectron2 publish no hash, so the zoo
-checks what is known instead: the archive's layout (its members), the number of weights in
+checks what is known instead: the archive's layout (the files it holds), the number of weights in
 each checkpoint (`torch_files.parameter_count`, minus the keys in `ignore`) against the
 reference architecture's, and, when loading, every key and shape (`models.from_torch`,
 `detection.convert`).
@@ -32,13 +32,13 @@ class Source:
     Attributes:
       url: where its publisher serves it.
       sha256_prefix: leading hex digits of its sha256 ("" when none is published).
-      members: an archive's members that must be present (tar files).
+      contents: the files an archive must hold (tar files).
       publisher: who publishes it and where the URL is documented.
     """
 
     url: str
     sha256_prefix: str = ""
-    members: tuple[str, ...] = ()
+    contents: tuple[str, ...] = ()
     publisher: str = ""
 
     @property
@@ -60,7 +60,7 @@ class Teacher:
       params: the number of weights in the checkpoint (BatchNorm statistics and the keys
         starting with one of `ignore` not counted), the reference architecture's count.
       num_classes: the classes it was trained on (0 for a backbone).
-      member: the file inside the source archive ("" when the source is the file).
+      in_archive: the file inside the source archive ("" when the source is the file).
       classifier: the key of its final layer's weight (out, in): the file's class count.
       ignore: key prefixes that `params` leaves out (buffers, a backbone's ImageNet head).
       published: its accuracy as its publisher reports it.
@@ -71,14 +71,14 @@ class Teacher:
     model: str
     params: int
     num_classes: int = 0
-    member: str = ""
+    in_archive: str = ""
     classifier: str = ""
     ignore: tuple[str, ...] = ()
     published: str = ""
 
 
 # mdistiller's release "checkpoints" (README: "Download the cifar_teachers.tar at
-# https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"); member paths as
+# https://github.com/megvii-research/mdistiller/releases/tag/checkpoints"); in-archive paths as
 # mdistiller/models/cifar/__init__.py's cifar_model_dict reads them.
 _CIFAR = "cifar_teachers/{}_vanilla/ckpt_epoch_240.pth"
 _CIFAR_DIRS = {  # zoo name -> mdistiller's folder name
@@ -102,7 +102,7 @@ SOURCES = {
     "mdistiller_cifar_teachers": Source(
         url="https://github.com/megvii-research/mdistiller/releases/download/checkpoints/"
         "cifar_teachers.tar",
-        members=tuple(_CIFAR.format(d) for d in _CIFAR_DIRS.values()),
+        contents=tuple(_CIFAR.format(d) for d in _CIFAR_DIRS.values()),
         publisher="mdistiller (megvii-research), release 'checkpoints'",
     ),
     "torchvision_resnet18": Source(
@@ -150,7 +150,7 @@ def _cifar(name: str, params: int, top1: str, model: str = "", classifier: str =
         model=model or name,
         params=params,
         num_classes=100,
-        member=_CIFAR.format(_CIFAR_DIRS[name]),
+        in_archive=_CIFAR.format(_CIFAR_DIRS[name]),
         classifier=classifier,
         published=f"CIFAR-100 top-1 {top1}",
     )
@@ -225,19 +225,19 @@ TEACHERS = {
 
 
 def check_archive(source: Source, path: str) -> None:
-    """Raises ValueError unless `path` is a whole tar archive holding `source.members`."""
+    """Raises ValueError unless `path` is a whole tar archive holding `source.contents`."""
     try:
         with tarfile.open(path) as tar:
-            members = tar.getmembers()
+            infos = tar.getmembers()
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ValueError(f"not a readable tar archive ({type(e).__name__}: {e})") from e
     size = os.path.getsize(path)
-    cut = [m.name for m in members if m.offset_data + m.size > size]
+    cut = [m.name for m in infos if m.offset_data + m.size > size]
     if cut:
         raise ValueError(f"the archive is truncated ({cut[0]} is incomplete)")
-    missing = sorted(set(source.members) - {m.name for m in members})
+    missing = sorted(set(source.contents) - {m.name for m in infos})
     if missing:
-        raise ValueError(f"the archive lacks {missing} (its known layout: {list(source.members)})")
+        raise ValueError(f"the archive lacks {missing} (its known layout: {list(source.contents)})")
 
 
 def check_weights(name: str, teacher: Teacher, path: str) -> None:
@@ -268,9 +268,9 @@ def check_file(name: str, teacher: Teacher, path: str) -> str:
                 "(the published file's)"
             )
         return f"sha256 {source.sha256_prefix}"
-    if source.members:
+    if source.contents:
         check_archive(source, path)
-        return f"tar layout ({len(source.members)} members)"
+        return f"tar layout ({len(source.contents)} files)"
     check_weights(name, teacher, path)
     return f"{teacher.params:,} weights"
 
@@ -280,5 +280,5 @@ def check_text(teacher: Teacher) -> str:
     source = SOURCES[teacher.source]
     if source.sha256_prefix:
         return f"sha256 {source.sha256_prefix}..."
-    layout = "tar layout + " if source.members else ""
+    layout = "tar layout + " if source.contents else ""
     return f"{layout}{teacher.params:,} weights"

@@ -92,10 +92,10 @@ def _entry(path: str, make: Callable[[str], None], ctx: _Context, *, what: str) 
 
 def _manual(teacher: teacher_zoo.Teacher, option: str) -> str:
     source = teacher_zoo.SOURCES[teacher.source]
-    if teacher.member:
+    if teacher.in_archive:
         return (
-            f"download it elsewhere, `tar xf {source.file} {teacher.member}` and pass "
-            f"{option}=PATH/{teacher.member}"
+            f"download it elsewhere, `tar xf {source.file} {teacher.in_archive}` and pass "
+            f"{option}=PATH/{teacher.in_archive}"
         )
     return f"download it elsewhere and pass {option}=PATH/{source.file}"
 
@@ -130,25 +130,25 @@ def _source_file(name: str, teacher: teacher_zoo.Teacher, ctx: _Context) -> str:
 
 
 def _teacher_file(name: str, teacher: teacher_zoo.Teacher, ctx: _Context) -> str:
-    """The entry's checked checkpoint file: the download itself, or its archive member."""
+    """The entry's checked checkpoint file: the download, or the file taken out of its archive."""
     archive = _source_file(name, teacher, ctx)
-    if not teacher.member:
+    if not teacher.in_archive:
         return archive
 
     def make(final: str) -> None:
         tmp = teacher_cache.tmp(final)
         with tarfile.open(archive) as tar, open(tmp, "wb") as out:
-            shutil.copyfileobj(tar.extractfile(teacher.member), out)
+            shutil.copyfileobj(tar.extractfile(teacher.in_archive), out)
         try:
             teacher_zoo.check_weights(name, teacher, tmp)
         except ValueError as e:
             os.remove(tmp)
             raise ValueError(
-                f"{teacher.member} in {archive}: {e}; delete the archive to download it again"
+                f"{teacher.in_archive} in {archive}: {e}; delete the archive to download it again"
             ) from e
         os.replace(tmp, final)
 
-    return _entry(ctx.cache.extracted(name), make, ctx, what=f"extracting {teacher.member}")
+    return _entry(ctx.cache.extracted(name), make, ctx, what=f"extracting {teacher.in_archive}")
 
 
 def local_file(
@@ -298,7 +298,7 @@ def verify(names: Sequence[str] = (), cache: str | None = None) -> list[tuple[st
         try:
             if os.path.exists(download := root.download(source)):
                 found.append(f"{source.file}: {teacher_zoo.check_file(name, teacher, download)}")
-            if teacher.member and os.path.exists(root.extracted(name)):
+            if teacher.in_archive and os.path.exists(root.extracted(name)):
                 teacher_zoo.check_weights(name, teacher, root.extracted(name))
                 found.append(f"{name}.pth: {teacher.params:,} weights")
         except (ValueError, OSError) as e:

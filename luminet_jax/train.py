@@ -3,7 +3,7 @@
 `train_and_evaluate(config, workdir)` builds the mesh and the config's task (`config.task`:
 classification by default, or detection; `luminet_jax.tasks`), which supplies the models'
 initialization, the data, the train step and the evaluation; with `config.seeds` the task
-holds one run per seed (`members.for_seeds`). The loop is the same for every task: it
+holds one run per seed (`seed_runs.for_seeds`). The loop is the same for every task: it
 resumes from `workdir` if it holds a checkpoint, trains, logs, evaluates (tracking the
 task's primary metric, e.g. top1 or AP), checkpoints and handles interrupts, writing each
 run's outputs through its own `_Run` sink. Everything below it is a pure library function
@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from luminet_jax import checkpoint, fast_conv, interrupt, members, metrics_io, sharding, tasks
+from luminet_jax import checkpoint, fast_conv, interrupt, metrics_io, seed_runs, sharding, tasks
 
 
 def _summarize(first_step: int, window: list[dict[str, np.ndarray]]) -> dict[str, float]:
@@ -59,7 +59,7 @@ def _progress(
 class _Run:
     """One run's outputs: metrics (jsonl, TensorBoard), checkpoints, best-so-far, summary."""
 
-    def __init__(self, info: members.RunInfo, *, metric: str, keep: int):
+    def __init__(self, info: seed_runs.RunInfo, *, metric: str, keep: int):
         self.info, self.metric = info, metric
         self.ckpt = checkpoint.Checkpointer(info.workdir, max_to_keep=keep)
         self.writer: metrics_io.MetricWriter | None = None
@@ -117,7 +117,7 @@ def _start(task: tasks.Task, seeds: list[int], workdir: str, mesh, *, keep: int,
     state = init(jnp.asarray(task.seed, jnp.uint32), task.teacher_variables)
     if task.prepare_state is not None:
         state = task.join([task.prepare_state(s) for s in task.runs(state)])
-    infos = members.run_infos(workdir, seeds)
+    infos = seed_runs.run_infos(workdir, seeds)
     runs = [_Run(info, metric=task.metric, keep=keep) for info in infos]
     restored = [run.ckpt.restore_or(s) for run, s in zip(runs, task.runs(state))]
     starts = sorted({int(jax.device_get(r.step)) for r in restored})
@@ -133,7 +133,7 @@ def _start(task: tasks.Task, seeds: list[int], workdir: str, mesh, *, keep: int,
         task.describe,
         sum(x.size for x in jax.tree.leaves(first.params)),
         sum(x.size for x in jax.tree.leaves(first.extra_params)),
-        members.describe(seeds),
+        seed_runs.describe(seeds),
         task.steps_per_epoch,
         total,
         step,
@@ -164,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns:
       The summary ("best_M", "last_M", "teacher_M" for the task's primary metric M: top1
       or AP; "steps", "steps_per_epoch", "wall_s") and "state", the final `TrainState`
-      (with seeds: lists, "members" (a summary per seed), "seeds" and the stacked state).
+      (with seeds: lists, "runs" (a summary per seed), "seeds" and the stacked state).
 
     Raises:
       ValueError: an unknown task, a batch size that does not divide over the devices, a
@@ -175,8 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = sharding.make_mesh()
     sharding.check_global_batch(config.batch_size, mesh)
     sharding.check_global_batch(config.eval_batch_size, mesh)
-    seeds = members.parse_seeds(config.get("seeds", ""))
-    task = members.for_seeds(tasks.build(config, mesh=mesh), seeds, mesh)
+    seeds = seed_runs.parse_seeds(config.get("seeds", ""))
+    task = seed_runs.for_seeds(tasks.build(config, mesh=mesh), seeds, mesh)
     spe = task.steps_per_epoch
     total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * spe
     eval_every = config.eval_every_steps or config.eval_every_epochs * spe
@@ -232,4 +232,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             for run in runs:
                 run.close()
     logging.info("Done: %s", summaries if len(summaries) > 1 else summaries[0])
-    return members.result(summaries, state, seeds)
+    return seed_runs.result(summaries, state, seeds)

@@ -266,7 +266,7 @@ def test_tiny_imagenet_builder(tmp_path, layout):
 def _extract_real_tiny(archive_path, manual, keep=None):
     """Extracts the real mini archive; with `keep` (number of classes) only the first classes."""
     with tarfile.open(archive_path) as archive:
-        members = archive.getmembers()
+        infos = archive.getmembers()
         if keep is None:
             archive.extractall(manual, filter="data")
             return
@@ -277,7 +277,7 @@ def _extract_real_tiny(archive_path, manual, keep=None):
         val_names = {f"{top}val/images/{line.split()[0]}" for line in lines}
         chosen = [
             m
-            for m in members
+            for m in infos
             if m.isfile()
             and (m.name in val_names or any(m.name.startswith(f"{top}train/{w}/") for w in wnids))
         ]
@@ -340,9 +340,9 @@ def test_cifar100_local_from_generated_archive(tmp_path):
         blobs["meta"] = {b"fine_label_names": [f"class{i}".encode() for i in range(100)]}
         for name, obj in blobs.items():
             data = pickle.dumps(obj)
-            member = tarfile.TarInfo(f"cifar-100-python/{name}")
-            member.size = len(data)
-            archive.addfile(member, io.BytesIO(data))
+            entry = tarfile.TarInfo(f"cifar-100-python/{name}")
+            entry.size = len(data)
+            archive.addfile(entry, io.BytesIO(data))
     info = input_pipeline.dataset_info("cifar100_local", data_dir=tmp_path)
     assert (info.num_classes, info.num_train, info.num_eval) == (100, 10, 5)
     images, labels = input_pipeline.load_arrays("cifar100_local", "test", data_dir=tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "luminet_jax"
@@ -84,3 +85,28 @@ def test_the_package_import_graph_has_no_cycle():
     for node in sorted(edges):
         visit(node, [])
     assert {"tasks", "detection", "distillers", "models", "data", "train"} <= set(edges)
+
+
+# "member" is DML's word (a cohort's peers: `models.cohort`, the `eval/member{k}_top1` keys);
+# several seeds in one job are "runs" (`seed_runs.py`), an ensemble's parts "teachers" and
+# an archive's files "files".
+_COHORT_FILES = {
+    "luminet_jax/models/cohort.py",
+    "luminet_jax/models/__init__.py",  # builds the cohort
+    "luminet_jax/distillers/dml.py",
+    "luminet_jax/steps.py",  # the cohort's "member_correct*" sums
+    "luminet_jax/evaluation.py",  # ... turned into "member{k}_top1"
+    "luminet_jax/tasks/classification.py",  # ... passed on
+    "luminet_jax/train.py",  # ... kept out of the progress line
+}
+
+
+def test_member_means_a_cohort_member_only():
+    word = re.compile(r"(?<![A-Za-z])member", re.IGNORECASE)  # not tarfile's getmembers
+    users = {
+        str(p.relative_to(ROOT))
+        for p in PACKAGE.rglob("*.py")
+        if word.search(p.read_text(encoding="utf-8"))
+    }
+    assert "luminet_jax/models/cohort.py" in users  # the check sees the word where it is
+    assert users <= _COHORT_FILES, sorted(users - _COHORT_FILES)

@@ -269,20 +269,20 @@ def test_sync_batch_norm_axis_name_is_threaded():
     chex.assert_shape(out[0], (2, 2, 10))
 
 
-def test_ensemble_averages_member_logits():
-    members = [models.get_model("resnet8", num_classes=10) for _ in range(2)]
+def test_ensemble_averages_its_teachers_logits():
+    teachers = [models.get_model("resnet8", num_classes=10) for _ in range(2)]
     x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
-    ens = models.make_ensemble(members)
+    ens = models.make_ensemble(teachers)
 
-    member_vars = [_numpy_init(m, x, seed=i) for i, m in enumerate(members)]
-    ens_vars = ensemble.Ensemble.combine_variables(member_vars)
+    teacher_vars = [_numpy_init(m, x, seed=i) for i, m in enumerate(teachers)]
+    ens_vars = ensemble.Ensemble.combine_variables(teacher_vars)
 
     @jax.jit
-    def run(member_vars, ens_vars, x):
-        outs = [m.apply(v, x, train=False) for m, v in zip(members, member_vars)]
+    def run(teacher_vars, ens_vars, x):
+        outs = [m.apply(v, x, train=False) for m, v in zip(teachers, teacher_vars)]
         return outs, ens.apply(ens_vars, x, train=False)
 
-    outs, (logits, feats) = run(member_vars, ens_vars, x)
+    outs, (logits, feats) = run(teacher_vars, ens_vars, x)
     abstract = jax.eval_shape(lambda x: ens.init(jax.random.key(0), x, train=False), x)
     assert jax.tree.structure(abstract) == jax.tree.structure(ens_vars)
     np.testing.assert_allclose(logits, (outs[0][0] + outs[1][0]) / 2, rtol=1e-5, atol=1e-6)

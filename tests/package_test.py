@@ -74,8 +74,8 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
 
 
 def _dist_info(wheel: zipfile.ZipFile, name: str) -> str:
-    (member,) = [n for n in wheel.namelist() if n.endswith(f".dist-info/{name}")]
-    return wheel.read(member).decode()
+    (path,) = [n for n in wheel.namelist() if n.endswith(f".dist-info/{name}")]
+    return wheel.read(path).decode()
 
 
 def test_wheel_ships_the_package_with_configs_and_sample_only(wheel):

@@ -37,19 +37,19 @@ def _write(path: pathlib.Path, data: bytes) -> None:
 def _tiny_imagenet_folder(archive: pathlib.Path, root: pathlib.Path) -> None:
     """train/<wnid>/*.JPEG and test/<wnid>/*.JPEG for the first CLASSES wnids."""
     with tarfile.open(archive) as tar:
-        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        files = {m.name: m for m in tar.getmembers() if m.isfile()}
         top = "tiny-imagenet-200"
-        wnids = tar.extractfile(members[f"{top}/wnids.txt"]).read().decode().split()[:CLASSES]
+        wnids = tar.extractfile(files[f"{top}/wnids.txt"]).read().decode().split()[:CLASSES]
         for wnid in wnids:
             for k in range(TRAIN):
                 name = f"{top}/train/{wnid}/images/{wnid}_{k}.JPEG"
-                _write(root / "train" / wnid / f"{k}.JPEG", tar.extractfile(members[name]).read())
-        lines = tar.extractfile(members[f"{top}/val/val_annotations.txt"]).read().decode()
+                _write(root / "train" / wnid / f"{k}.JPEG", tar.extractfile(files[name]).read())
+        lines = tar.extractfile(files[f"{top}/val/val_annotations.txt"]).read().decode()
         taken = dict.fromkeys(wnids, 0)
         for line in lines.splitlines():
             image, wnid = line.split("\t")[:2]
             if wnid in taken and taken[wnid] < TEST:
-                data = tar.extractfile(members[f"{top}/val/images/{image}"]).read()
+                data = tar.extractfile(files[f"{top}/val/images/{image}"]).read()
                 _write(root / "test" / wnid / image, data)
                 taken[wnid] += 1
 

@@ -50,7 +50,7 @@ def weights():
     out = {}
     for seed, name in enumerate(teacher_zoo.TEACHERS):
         teacher = teacher_zoo.TEACHERS[name]
-        if teacher.member or name == "resnet18":
+        if teacher.in_archive or name == "resnet18":
             out[name] = zoo_files.state_dict(teacher.model, teacher.num_classes, seed=seed)
     return out
 
@@ -62,10 +62,10 @@ def _array(weights, name: str, key: str) -> np.ndarray:
 def _tar(weights, names=None) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name in names or [n for n, t in teacher_zoo.TEACHERS.items() if t.member]:
+        for name in names or [n for n, t in teacher_zoo.TEACHERS.items() if t.in_archive]:
             ckpt = {"model": weights[name], "epoch": 240, "accuracy": np.float32(70.0)}
             data = zoo_files.torch_bytes(ckpt, legacy=name in LEGACY, cuda=name in LEGACY)
-            info = tarfile.TarInfo(teacher_zoo.TEACHERS[name].member)
+            info = tarfile.TarInfo(teacher_zoo.TEACHERS[name].in_archive)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()

@@ -134,7 +134,7 @@ def test_luminet_student_from_teacher_workdir(teacher_run, colour_data, tmp_path
     assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 20
 
 
-def test_ensemble_teacher_averages_members(teacher_run):
+def test_ensemble_teacher_averages_its_teachers(teacher_run):
     teacher_dir, _ = teacher_run
     single = _config("kd", teacher_dir=teacher_dir).teacher
     double = _config("kd").teacher

@@ -111,10 +111,10 @@ def aggregate(
     for result in results:
         grouped.setdefault((result.group, result.method), []).append(result)
     out = {}
-    for key, members in grouped.items():
-        row: dict[str, Any] = {"n": len(members), "seeds": sorted(m.seed for m in members)}
+    for key, group in grouped.items():
+        row: dict[str, Any] = {"n": len(group), "seeds": sorted(m.seed for m in group)}
         for field in fields:
-            row[field] = mean_std([getattr(m, field) for m in members])
+            row[field] = mean_std([getattr(m, field) for m in group])
         out[key] = row
     return out
 

@@ -51,7 +51,7 @@ def panels(found: list[results.RunResult]) -> dict[str, dict]:
     for panel, entry in out.items():
         if panel != "ensemble":
             entry["values"].sort(key=float)
-        else:  # members first, the ensemble last
+        else:  # each teacher first, the ensemble last
             entry["values"].sort(key=lambda v: (v == "ensemble", v))
     return out
 

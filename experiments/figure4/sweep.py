@@ -40,7 +40,7 @@ def variants(panel: str, values: list[str]) -> dict[str, list[tuple[str, str]]]:
         return {f"bs{int(v)}": [("batch_size", str(int(v)))] for v in values}
     if panel == "temperature":
         return {f"T{float(v):g}": [("distiller.temperature", str(float(v)))] for v in values}
-    if panel == "ensemble":  # each member alone, then the mean of their logits
+    if panel == "ensemble":  # each teacher alone, then the mean of their logits
         out = {f"teacher_{name}": [("teacher.name", name)] for name in values}
         out["teacher_ensemble"] = [("teacher.name", ",".join(values))]
         return out

@@ -111,11 +111,11 @@ def transfer(
         summary.setdefault(run["method"], []).append(run)
     aggregated = {
         method: {
-            "n": len(members),
-            "top1": results.mean_std([m["top1"] for m in members]),
-            "top5": results.mean_std([m["top5"] for m in members]),
+            "n": len(method_runs),
+            "top1": results.mean_std([m["top1"] for m in method_runs]),
+            "top5": results.mean_std([m["top5"] for m in method_runs]),
         }
-        for method, members in summary.items()
+        for method, method_runs in summary.items()
     }
     return {"runs": runs, "methods": aggregated}
 

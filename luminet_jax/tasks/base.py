@@ -22,7 +22,7 @@ class Task:
         summary's best_/last_/teacher_ entries and the best-so-far tracking use it.
       steps_per_epoch: optimizer steps per epoch of the training set.
       seed: the run's seed, passed back to `init` and `train_batches` (with several seeds
-        in one job, `members.for_seeds`: the tuple of the runs' seeds).
+        in one job, `seed_runs.for_seeds`: the tuple of the runs' seeds).
       init: `init(seed, teacher_variables) -> TrainState`, jittable.
       teacher_variables: the frozen teacher's variables, replicated (None without one).
       train_batches: `train_batches(start_step, seed) -> (step -> global batch)`, resumable.

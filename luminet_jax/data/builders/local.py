@@ -74,10 +74,10 @@ def cifar100_python(path: str) -> LocalData:
             blobs[name] = (path / name).read_bytes()
     else:
         with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                base = member.name.rsplit("/", 1)[-1]
-                if member.isfile() and base in ("train", "test", "meta"):
-                    blobs[base] = tar.extractfile(member).read()
+            for info in tar:
+                base = info.name.rsplit("/", 1)[-1]
+                if info.isfile() and base in ("train", "test", "meta"):
+                    blobs[base] = tar.extractfile(info).read()
     missing = {"train", "test", "meta"} - set(blobs)
     if missing:
         raise ValueError(f"{path} is not a cifar-100-python archive: missing {sorted(missing)}")
@@ -106,9 +106,9 @@ def _tar_files(path: pathlib.Path) -> dict[str, bytes]:
     """All files in a tar archive, by path relative to its single top folder (if any)."""
     files = {}
     with tarfile.open(path, "r:*") as tar:
-        for member in tar:
-            if member.isfile():
-                files[member.name] = tar.extractfile(member).read()
+        for info in tar:
+            if info.isfile():
+                files[info.name] = tar.extractfile(info).read()
     tops = {name.split("/", 1)[0] for name in files}
     if len(tops) == 1 and all("/" in name for name in files):
         files = {name.split("/", 1)[1]: data for name, data in files.items()}

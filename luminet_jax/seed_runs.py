@@ -2,14 +2,14 @@
 
 `config.seeds = "0,1,2"` trains one student per seed inside one compiled step:
 `for_seeds(task, seeds, mesh)` turns a task into one whose state is the runs' states
-stacked along a leading "member" axis, whose per-shard train step is the task's step
-`jax.vmap`ped over it, and whose batches stack one batch per seed. The members share each
+stacked along a leading "run" axis, whose per-shard train step is the task's step
+`jax.vmap`ped over it, and whose batches stack one batch per seed. The runs share each
 device, the teacher's variables (loaded once) and the data-parallel mesh, while each keeps
-its own initialization, data order, augmentation and dropout keys. Member k is the run that
+its own initialization, data order, augmentation and dropout keys. Run k is the one that
 `config.seed = k` would train: the trainer writes it to `W/seed{k}/` (checkpoints, metrics,
 summary) exactly as that run writes `W/`.
 
-Batches of the members are stacked as (S, B, ...) and split over "data" along axis 1.
+Batches of the runs are stacked as (S, B, ...) and split over "data" along axis 1.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from luminet_jax import sharding
 
 DATA_AXIS = sharding.DATA_AXIS
-MEMBER_BATCH = P(None, DATA_AXIS)  # (S, B, ...): members replicated, batch split
+RUNS_BATCH = P(None, DATA_AXIS)  # (S, B, ...): runs replicated, batch split
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -47,7 +47,7 @@ def parse_seeds(text: str) -> list[int]:
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
         raise ValueError(
-            f"config.seeds={text!r} repeats seed(s) {repeated}: each member must be an "
+            f"config.seeds={text!r} repeats seed(s) {repeated}: each run must be an "
             "independent run (its own workdir seed{k}/)."
         )
     return seeds
@@ -63,7 +63,7 @@ class RunInfo:
 
 
 def run_infos(workdir: str, seeds: Sequence[int]) -> list[RunInfo]:
-    """One `RunInfo` per member (`workdir/seed{k}`), or the single run in `workdir`."""
+    """One `RunInfo` per seed (`workdir/seed{k}`), or the single run in `workdir`."""
     if not seeds:
         return [RunInfo(workdir)]
     return [RunInfo(os.path.join(workdir, f"seed{k}"), f"seed {k} ", {"seed": k}) for k in seeds]
@@ -76,34 +76,34 @@ def describe(seeds: Sequence[int]) -> str:
 
 def result(summaries: list[dict[str, Any]], state: Any, seeds: Sequence[int]) -> dict:
     """train_and_evaluate's return value: the summary and the state of a run, or of a job
-    the summaries' values as lists, "seeds", "members" (one summary each) and the stacked
+    the summaries' values as lists, "seeds", "runs" (one summary each) and the stacked
     state."""
     if not seeds:
         return {**summaries[0], "state": state}
     keys = [k for k in summaries[0] if k != "seed"]
     combined = {k: [s[k] for s in summaries] for k in keys}
-    return {**combined, "seeds": list(seeds), "members": summaries, "state": state}
+    return {**combined, "seeds": list(seeds), "runs": summaries, "state": state}
 
 
-def member(tree: Any, k: int) -> Any:
-    """Member k's slice of a stacked tree."""
+def run_slice(tree: Any, k: int) -> Any:
+    """Run k's slice of a stacked tree."""
     return jax.tree.map(lambda x: x[k], tree)
 
 
 def stack(trees: Sequence[Any], mesh: Mesh) -> Any:
-    """Stacks per-member trees along a new leading axis, replicated on the mesh."""
+    """Stacks per-run trees along a new leading axis, replicated on the mesh."""
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
     return jax.device_put(stacked, sharding.replicated(mesh))
 
 
-def member_batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, MEMBER_BATCH)
+def runs_batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, RUNS_BATCH)
 
 
 def to_global(local_batches: Sequence[dict[str, Any]], mesh: Mesh) -> dict[str, jax.Array]:
-    """Stacks each member's process-local batch into (S, B, ...) global arrays."""
+    """Stacks each run's process-local batch into (S, B, ...) global arrays."""
     local = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *local_batches)
-    target = member_batch_sharding(mesh)
+    target = runs_batch_sharding(mesh)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(target, jax.device_get(x)), local
     )
@@ -112,14 +112,14 @@ def to_global(local_batches: Sequence[dict[str, Any]], mesh: Mesh) -> dict[str, 
 def vmapped_step(train_step: Callable, seeds: Sequence[int]) -> Callable:
     """The per-shard `train_step` over stacked states and (S, B, ...) batches.
 
-    Each member's batch gets its seed as `batch["seed"]`, from which the step draws its
+    Each run's batch gets its seed as `batch["seed"]`, from which the step draws its
     dropout and distiller keys (as a separate run's step does from its `config.seed`).
     """
     seed_array = jnp.asarray(seeds, jnp.int32)
 
     def step(state, teacher_variables, batch):
-        def one(member_state, member_batch, seed):
-            return train_step(member_state, teacher_variables, {**member_batch, "seed": seed})
+        def one(run_state, run_batch, seed):
+            return train_step(run_state, teacher_variables, {**run_batch, "seed": seed})
 
         return jax.vmap(one)(state, batch, seed_array)
 
@@ -127,13 +127,13 @@ def vmapped_step(train_step: Callable, seeds: Sequence[int]) -> Callable:
 
 
 def shard_train_step(train_step: Callable, mesh: Mesh, seeds: Sequence[int]) -> Callable:
-    """Jits the per-shard `train_step` vmapped over the members (`vmapped_step`).
+    """Jits the per-shard `train_step` vmapped over the runs (`vmapped_step`).
 
     Returns:
       `fn(state, teacher_variables, batch) -> (state, metrics)` on stacked states and
       (S, B, ...) batches; metrics are (S,) arrays.
     """
-    return sharding.shard_train_step(vmapped_step(train_step, seeds), mesh, MEMBER_BATCH)
+    return sharding.shard_train_step(vmapped_step(train_step, seeds), mesh, RUNS_BATCH)
 
 
 def for_seeds(task: Any, seeds: Sequence[int], mesh: Mesh) -> Any:
@@ -143,7 +143,7 @@ def for_seeds(task: Any, seeds: Sequence[int], mesh: Mesh) -> Any:
     if not seeds:
         return task
     seeds = tuple(seeds)
-    stacker = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=member_batch_sharding(mesh))
+    stacker = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=runs_batch_sharding(mesh))
 
     def train_batches(start_step, seeds):
         runs = [task.train_batches(start_step, seed) for seed in seeds]
@@ -155,7 +155,7 @@ def for_seeds(task: Any, seeds: Sequence[int], mesh: Mesh) -> Any:
         init=jax.vmap(task.init, in_axes=(0, None)),
         train_batches=train_batches,
         train_step=vmapped_step(task.train_step, seeds),
-        batch_spec=MEMBER_BATCH,
-        runs=lambda tree: [member(tree, k) for k in range(len(seeds))],
+        batch_spec=RUNS_BATCH,
+        runs=lambda tree: [run_slice(tree, k) for k in range(len(seeds))],
         join=lambda trees: stack(trees, mesh),
     )
