@@ -7,9 +7,11 @@ written here.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
+import sys
 
 import chex
 import image_data
@@ -314,7 +316,7 @@ def test_train_teachers_then_students_and_transfer_cli(tmp_path):
 
 
 @pytest.mark.slow
-def test_ensemble_sweep_trains_members_and_plots(tmp_path):
+def test_ensemble_sweep_trains_each_teacher_and_plots(tmp_path):
     data = _image_folder(tmp_path / "data")
     root = str(tmp_path / "runs")
     argv = _argv("--panel ensemble --values resnet8,resnet14 --seeds 0 --train-teachers --root")
@@ -381,3 +383,24 @@ def test_reduced_study_pairs_seeds(tmp_path, capsys):
     np.testing.assert_allclose(diff["t"], 0.02 / (0.01 / np.sqrt(3)))
     assert "| LumiNet − KD | 3 | +2.0, +3.0, +1.0 | 2.00 ± 1.00 | 3.46 |" in table
     assert (tmp_path / "o" / "accuracy.png").exists()
+
+
+@pytest.mark.integration  # starts a Python subprocess
+def test_subprocess_runs_import_the_checkout_under_pythonsafepath(tmp_path, monkeypatch):
+    # A user's PYTHONSAFEPATH keeps the working directory off sys.path, so a run's
+    # `python -m luminet_jax.main` must find this checkout through its environment. The
+    # stand-in interpreter imports what that command would and prints where it came from.
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        '[ "$1 $2" = "-m luminet_jax.main" ] || exit 3\n'
+        f'exec "{sys.executable}" -c "import luminet_jax.main as m; print(m.__file__)"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PYTHONSAFEPATH", "1")
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    run = runs.Run("configs/quickstart.py:teacher", str(tmp_path / "run"))
+    records = runs.launch([run], python=str(fake), out=io.StringIO())
+    assert [r["status"] for r in records] == ["done"]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.strip() == str(runs.REPO / "luminet_jax" / "main.py")

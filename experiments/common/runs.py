@@ -241,9 +241,14 @@ def _run_in_process(run: Run) -> None:
     from luminet_jax import cli, train  # noqa: PLC0415  (jax is only needed to train here)
 
     cli.quiet_logs()
-
     config = apply_overrides(load_config(run.config), run.overrides)
     train.train_and_evaluate(config, run.workdir)
+
+
+def child_env() -> dict[str, str]:
+    """This environment with the checkout first on PYTHONPATH (for PYTHONSAFEPATH users)."""
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def launch(
@@ -288,23 +293,22 @@ def launch(
             file=out,
             flush=True,
         )
-        start = time.time()
+        start = time.monotonic()
         if mode == "in_process":
             _run_in_process(run)
         elif mode == "subprocess":
             os.makedirs(run.workdir, exist_ok=True)
-            prefix = ["nice", "-n", str(nice)] if nice else []
+            command = (["nice", "-n", str(nice)] if nice else []) + run.command(python)
             with open(os.path.join(run.workdir, "train.log"), "a") as log:
-                code = subprocess.call(
-                    prefix + run.command(python), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
-                )
+                to_log = dict(stdout=log, stderr=subprocess.STDOUT)
+                code = subprocess.call(command, cwd=REPO, env=child_env(), **to_log)
             if code:
                 raise RuntimeError(
                     f"Run failed (exit {code}); see {os.path.join(run.workdir, 'train.log')}"
                 )
         else:
             raise ValueError(f"Unknown mode {mode!r}; use subprocess, in_process or print")
-        seconds = time.time() - start
+        seconds = time.monotonic() - start
         print(f"    finished in {seconds:.0f} s", file=out, flush=True)
         records.append({"workdir": run.workdir, "status": "done", "seconds": seconds})
     return records
