@@ -8,6 +8,7 @@ extra_params, extra_state) under `<workdir>/ckpt/<step>`; the teacher is never s
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import flax.serialization
@@ -71,7 +72,11 @@ def _restore_on_host(item_path: str) -> Any:
         meta = ckptr.metadata(item_path)
         tree = _tree_metadata(getattr(_tree_metadata(meta), "item_metadata", meta))
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        return ckptr.restore(item_path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+        with warnings.catch_warnings():
+            # Where the metadata is unreadable orbax falls back to the saved shardings and
+            # warns about topologies before failing; the caller's error says what happened.
+            warnings.filterwarnings("ignore", "Sharding info not provided", UserWarning)
+            return ckptr.restore(item_path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
     finally:
         ckptr.close()
 

@@ -108,10 +108,15 @@ def load_config_module(name: str) -> ModuleType:
 # Logs
 
 # Warnings of the libraries that need no action (orbax's registry on import; the teacher
-# load reads a training checkpoint's "default" item through the metadata it needs).
+# load reads a training checkpoint's "default" item through the metadata it needs; an
+# unreadable checkpoint, which our own error then names).
 _NOISE = (
     "Type handler registry type",
     'Item "default" was found in the checkpoint, but could not be restored',
+    "Metadata file does not exist:",
+    "Failed to get item metadata from directory",
+    "Future exception was never retrieved",  # asyncio's, for the reads of a failed restore
+    "Task exception was never retrieved",
 )
 _PROBE_LOGGERS = ("jax._src.xla_bridge",)  # "Unable to initialize backend 'tpu'" lines
 
@@ -132,19 +137,42 @@ def _drop_noise(record: logging.LogRecord) -> bool:
     return True
 
 
+def _is_late_loop_callback(exc: BaseException | None, tb: Any) -> bool:
+    """`RuntimeError("Event loop is closed")` from asyncio's `call_soon_threadsafe`: what each
+    tensorstore read still under way reports when an orbax restore failed part-way (orbax
+    closed its event loop while raising), hundreds of tracebacks before our one error."""
+    if not isinstance(exc, RuntimeError) or str(exc) != "Event loop is closed" or tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.basename(tb.tb_frame.f_code.co_filename) == "base_events.py"
+
+
+def _without_late_loop_callbacks(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    def unraisablehook(unraisable) -> None:
+        if not _is_late_loop_callback(unraisable.exc_value, unraisable.exc_traceback):
+            hook(unraisable)
+
+    unraisablehook.drops_late_loop_callbacks = True
+    return unraisablehook
+
+
 def quiet_logs() -> None:
     """Hides the start-up noise of jax, orbax and TensorFlow at the default verbosity.
 
-    Warnings stay, except the known harmless ones above. TensorFlow's import-time banners
+    Warnings stay, except the known harmless ones above (and the late callbacks of a failed
+    checkpoint read, `_is_late_loop_callback`). TensorFlow's import-time banners
     (`TF_BANNERS`) are dropped whenever and wherever it is first imported; everything else
     it prints reaches stderr. Call it before orbax is imported (its registry warning comes
     at import time); it imports none of jax, orbax or TensorFlow. Idempotent.
     """
     targets = [logging.getLogger("absl"), absl_logging.get_absl_handler()]
-    targets += [logging.getLogger(name) for name in _PROBE_LOGGERS]
+    targets += [logging.getLogger(name) for name in (*_PROBE_LOGGERS, "asyncio")]
     for target in targets:
         if _drop_noise not in target.filters:
             target.addFilter(_drop_noise)
+    if not getattr(sys.unraisablehook, "drops_late_loop_callbacks", False):
+        sys.unraisablehook = _without_late_loop_callbacks(sys.unraisablehook)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ INFO lines on import
     if not any(isinstance(finder, _QuietImport) for finder in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport("tensorflow"))

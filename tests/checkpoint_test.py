@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import warnings
 
 import chex
 import jax
@@ -113,6 +114,23 @@ def test_corrupt_checkpoint_raises_clear_error(tmp_path, which):
         reader.restore_or(_state())
     reader.close()
     assert len(str(e.value)) < 600
+
+
+def test_corrupt_checkpoint_read_raw_is_one_error_and_no_library_warning(tmp_path):
+    # restore_raw is how a teacher (or a report) reads a workdir: a garbled array file must
+    # give the one RuntimeError, not orbax's warning about topologies first.
+    ckpt = checkpoint.Checkpointer(tmp_path)
+    ckpt.save(5, _state())
+    ckpt.wait()
+    ckpt.close()
+    _garble(tmp_path / "ckpt" / "5", "data")
+    reader = checkpoint.Checkpointer(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match=r"Could not read checkpoint .*ckpt/5"):
+            reader.restore_raw(5)
+    reader.close()
+    assert not [w for w in caught if "Sharding info" in str(w.message)]
 
 
 def _model_variables(seed=0):

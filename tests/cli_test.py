@@ -177,3 +177,24 @@ def test_traceback_switch_and_unknown_errors_propagate(monkeypatch):
     monkeypatch.delenv(cli.TRACEBACK_ENV)
     with pytest.raises(ZeroDivisionError):  # not a bad input: a bug keeps its traceback
         cli.guarded(_fail_with(ZeroDivisionError("bug")), prog="p")([])
+
+
+def test_quiet_logs_drops_only_the_late_callbacks_of_a_closed_event_loop(monkeypatch):
+    import asyncio  # noqa: PLC0415
+    import types  # noqa: PLC0415
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    cli.quiet_logs()
+    cli.quiet_logs()  # idempotent: one wrapper
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)  # what a tensorstore read does after a failed restore
+    except RuntimeError as e:
+        late = e
+    other = RuntimeError("Event loop is closed")  # the same words from elsewhere
+    for exc in (late, other, ValueError("x")):
+        sys.unraisablehook(types.SimpleNamespace(exc_value=exc, exc_traceback=exc.__traceback__))
+    assert [type(u.exc_value) for u in seen] == [RuntimeError, ValueError]
+    assert seen[0].exc_value is other

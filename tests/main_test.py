@@ -104,6 +104,24 @@ def _without_tensorflow(tmp) -> dict[str, str]:
 _TINY = ["--config.batch_size=16", "--config.num_train_steps=1", "--config.log_every_steps=1"]
 
 
+def _corrupt_teacher(tmp: pathlib.Path) -> pathlib.Path:
+    """A resnet8 teacher's variables whose array files are garbled."""
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from luminet_jax import checkpoint  # noqa: PLC0415
+
+    shapes = checkpoint._expected_variables("resnet8", 10)
+    rng = np.random.default_rng(0)  # random, not zeros: OCDBT keeps small or repeated data inline
+    values = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype), shapes)
+    checkpoint.save_variables(tmp / "corrupt", values)
+    arrays = [p for p in (tmp / "corrupt").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert arrays
+    for path in arrays:
+        path.write_bytes(b"not a checkpoint")
+    return tmp / "corrupt"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """name -> (CompletedProcess, seconds) of every subprocess below, run concurrently."""
@@ -128,6 +146,10 @@ def runs(tmp_path_factory):
         # The README's form, run outside the repository: resolves to the shipped config.
         "no_teacher": [*main, "--config=configs/quickstart.py:method=kd"],
         "process_id": [*main, "--config=quickstart:teacher", "--num_processes=2", "--process_id=2"],
+        "corrupt_teacher": [
+            *main, f"--config=quickstart:method=kd,teacher_dir={_corrupt_teacher(tmp)}",
+            "--config.teacher.name=resnet8", "--config.student.name=resnet8", *_TINY,
+        ],
         "coordinator": [
             *main, "--config=quickstart:teacher", f"--coordinator_address={refused}",
             "--num_processes=2", "--process_id=1", "--initialization_timeout=5",
@@ -181,6 +203,8 @@ def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
          "--config quickstart:teacher --workdir"),
         ("process_id", "--process_id=2 is out of range for --num_processes=2", "0..num_processes"),
         ("coordinator", "no coordinator reachable at 127.0.0.1:", "start process 0"),
+        # Not orbax's late tracebacks ("Event loop is closed") first: hundreds of lines.
+        ("corrupt_teacher", "Could not read variables from", "--verbosity=1"),
     ],
 )  # fmt: skip
 def test_bad_input_prints_one_line_and_a_hint(runs, name, error, hint):
@@ -188,6 +212,30 @@ def test_bad_input_prints_one_line_and_a_hint(runs, name, error, hint):
     assert len(lines) == 2, lines
     assert error in lines[0] and "error" in lines[0].lower(), lines
     assert hint in lines[1], lines
+
+
+@pytest.mark.integration
+def test_a_failed_checkpoint_read_leaves_no_late_tracebacks(tmp_path):
+    # A read that fails part-way leaves tensorstore reads running after orbax has closed its
+    # event loop; each reports "Event loop is closed" (as an unraisable exception) when it
+    # ends. The process waits here for them, as a run that goes on would.
+    code = (
+        "import gc, sys, time\n"
+        "from luminet_jax import cli\n"
+        "cli.quiet_logs()\n"
+        "from luminet_jax import checkpoint\n"
+        "try:\n    checkpoint.load_variables(sys.argv[1])\nexcept RuntimeError:\n    pass\n"
+        "else:\n    sys.exit(3)\n"
+        "time.sleep(1)\ngc.collect()\nprint('done')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(_corrupt_teacher(tmp_path))],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=_LIMIT_S,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout == "done\n", result.stderr[-3000:]
+    assert "Event loop is closed" not in result.stderr, result.stderr[-3000:]
+    assert "never retrieved" not in result.stderr, result.stderr[-3000:]
+    assert not [line for line in _stderr_lines(result) if line.startswith(("W", "E"))]
 
 
 @pytest.mark.integration
@@ -265,6 +313,8 @@ def test_teacher_load_logs_no_orbax_warnings(runs, caplog):
         variables = checkpoint.load_teacher(str(runs["teacher_dir"]), "resnet8", num_classes=10)
     assert "params" in variables
     assert not [r for r in caplog.records if any(n in r.getMessage() for n in _NOISE)]
+    # Nothing at all above INFO (orbax warned that the item's metadata file is absent).
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def _teacher_config(**dataset) -> ml_collections.ConfigDict:
