@@ -26,7 +26,8 @@ then `--batches` batches), so the paired ratios compare pipelines under the same
 device_data_cifar: `DeviceData` batches (50,000 CIFAR-sized uint8 images held on the devices,
 crop + flip + normalize in one jitted call). coco_detection_train: `detection.data`'s train
 loader (Pillow decode, multi-scale resize, flip, normalize, pad) on COCO-sized JPEGs (640 x
-480 mosaics of the same photos, 8 boxes each).
+480 mosaics of the same photos, 8 boxes each), padded to the config's aspect-ratio buckets;
+coco_detection_train_before: the same loader padding every batch to 1344 x 1344.
 
 `time_data(args, root=...)` is what `benchmarks/step.py --data` calls (a shorter run).
 """
@@ -63,9 +64,9 @@ def read_tiles(archive: pathlib.Path = ARCHIVE, count: int = NUM_TILES) -> np.nd
 
     tiles = []
     with tarfile.open(archive) as tar:
-        for member in tar:
-            if member.isfile() and "/train/" in member.name and member.name.endswith(".JPEG"):
-                with Image.open(io.BytesIO(tar.extractfile(member).read())) as image:
+        for info in tar:
+            if info.isfile() and "/train/" in info.name and info.name.endswith(".JPEG"):
+                with Image.open(io.BytesIO(tar.extractfile(info).read())) as image:
                     tiles.append(np.asarray(image.convert("RGB")))
                 if len(tiles) == count:
                     break
@@ -267,14 +268,15 @@ def bench_coco(args) -> list[dict]:
 
     split = _coco_like_split(read_tiles(archive), 64)
     ds = config_lib.detection().dataset
-    batch, batches = 8, 4
+    batch, batches = 8, 6
 
-    def make():
-        return det_data.make_train_iter(
+    def loader(pad_sizes):
+        return lambda: det_data.make_train_iter(
             split,
             global_batch=batch,
             seed=0,
             pad_size=tuple(ds.pad_size),
+            pad_sizes=pad_sizes,
             max_gt=ds.max_gt,
             short_sides=tuple(ds.short_sides),
             max_size=ds.max_size,
@@ -284,9 +286,11 @@ def bench_coco(args) -> list[dict]:
         )
 
     load = [round(x, 2) for x in os.getloadavg()]
-    rates = _time_rounds(
-        {"coco_detection_train": make}, batch=batch, batches=batches, rounds=min(args.rounds, 3)
-    )
+    pipelines = {  # the config's aspect-ratio buckets, and every batch padded square (before)
+        "coco_detection_train": loader(tuple(tuple(p) for p in ds.pad_sizes)),
+        "coco_detection_train_before": loader(()),
+    }
+    rates = _time_rounds(pipelines, batch=batch, batches=batches, rounds=min(args.rounds, 8))
     return _entries(rates, batch=batch, load=load)
 
 
