@@ -123,10 +123,14 @@ def test_two_processes_equal_one_and_resume(data, tmp_path):
     got = _losses(two)
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose([got[5], got[6]], [want[5], want[6]], rtol=1e-4)
+    # Measured (2026-12-06, 2-core AMD EPYC): losses within 2e-7 (steps 1-4) and 5e-7
+    # (5-6) relative; params 1.2e-7 apart at step 4 but 5.0e-5 at step 6 (one conv kernel,
+    # max 0.39: the 2 x 4 psum's reordering grows through the steps, e.g. a ReLU that
+    # flips). A wrong resume (lost momentum, a repeated batch) moves them by ~lr x grad.
     chex.assert_trees_all_close(
         ckpt_two.restore_raw(6)["params"],
         checkpoint.Checkpointer(str(one)).restore_raw(6)["params"],
-        atol=5e-5,
+        atol=5e-4,
     )
     assert (two / "summary.json").exists()
 
