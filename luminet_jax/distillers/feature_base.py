@@ -62,7 +62,7 @@ class StageDistiller(FeatureDistiller):
         f_s = student_side(stage_list(x.s_feats, owner=owner, role="student"))
         f_t = teacher_side(stage_list(x.t_feats, owner=owner, role="teacher"))
         kd = self.feat_weight * global_mean(self.stage_loss(f_s, f_t), x.axis_name)
-        return output(x.s_logits, x.labels, kd, ce_weight=self.ce_weight, axis_name=x.axis_name)
+        return output(x, kd, ce_weight=self.ce_weight)
 
 
 class RelationalDistiller(FeatureDistiller):
@@ -89,7 +89,7 @@ class RelationalDistiller(FeatureDistiller):
         s = student_side(self.embeddings(x.s_feats, "student"))
         t = teacher_side(self.embeddings(x.t_feats, "teacher"))
         kd = self.feat_weight * self.relation_loss(s, t, x.axis_name)
-        return output(x.s_logits, x.labels, kd, ce_weight=self.ce_weight, axis_name=x.axis_name)
+        return output(x, kd, ce_weight=self.ce_weight)
 
 
 def feature(feats: dict[str, jax.Array] | None, key: str, *, owner: str, role: str) -> jax.Array:
@@ -199,16 +199,11 @@ def init_module(module: nn.Module, rng: jax.Array, *args: Any) -> dict[str, Any]
 
 
 def output(
-    s_logits: jax.Array,
-    labels: jax.Array,
-    kd: jax.Array,
-    *,
-    ce_weight: float,
-    axis_name: str | None,
-    state: Any = None,
+    x: base.Inputs, kd: jax.Array, *, ce_weight: float, state: Any = None
 ) -> base.LossOutput:
-    """LossOutput with the weighted CE ("loss_ce") and the method's weighted term ("loss_kd")."""
-    common.check_logits(s_logits, labels=labels)
-    ce = ce_weight * common.softmax_xent(s_logits, labels, axis_name=axis_name)
+    """LossOutput with the weighted CE of `x`'s student logits ("loss_ce") and the method's
+    weighted term ("loss_kd")."""
+    common.check_logits(x.s_logits, labels=x.labels)
+    ce = ce_weight * common.softmax_xent(x.s_logits, x.labels, axis_name=x.axis_name)
     kd = kd.astype(ce.dtype)
     return base.LossOutput(total=ce + kd, parts={"loss_ce": ce, "loss_kd": kd}, state=state)

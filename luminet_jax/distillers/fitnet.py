@@ -159,11 +159,4 @@ class FitNet(fb.FeatureDistiller):
         reg, new_state = fb.run_train_mode(module, params, state, f_s)
         mse = fb.global_mean(jnp.mean(jnp.square(reg - f_t)), x.axis_name)
         kd = self.feat_weight * mse
-        return fb.output(
-            x.s_logits,
-            x.labels,
-            kd,
-            ce_weight=self.ce_weight,
-            axis_name=x.axis_name,
-            state=new_state,
-        )
+        return fb.output(x, kd, ce_weight=self.ce_weight, state=new_state)

@@ -124,11 +124,4 @@ class OFD(fb.FeatureDistiller):
             )
         kd = self.feat_weight * fb.global_mean(loss, x.axis_name)
         new_state = {"connectors": connectors, "margins": state["margins"]}
-        return fb.output(
-            x.s_logits,
-            x.labels,
-            kd,
-            ce_weight=self.ce_weight,
-            axis_name=x.axis_name,
-            state=new_state,
-        )
+        return fb.output(x, kd, ce_weight=self.ce_weight, state=new_state)

@@ -204,11 +204,4 @@ class ReviewKD(fb.FeatureDistiller):
         hcl = fb.global_mean(feature_losses.hcl_loss(results, t_list), x.axis_name)
         ramp = common.warmup_ramp(x.epoch, self.warmup_epochs, hcl.dtype)
         kd = ramp * self.reviewkd_weight * hcl
-        return fb.output(
-            x.s_logits,
-            x.labels,
-            kd,
-            ce_weight=self.ce_weight,
-            axis_name=x.axis_name,
-            state=new_state,
-        )
+        return fb.output(x, kd, ce_weight=self.ce_weight, state=new_state)

@@ -108,4 +108,4 @@ class VID(fb.FeatureDistiller):
             for m, t, ls in zip(means, f_t, log_scales)
         )
         kd = self.feat_weight * fb.global_mean(loss, x.axis_name)
-        return fb.output(x.s_logits, x.labels, kd, ce_weight=self.ce_weight, axis_name=x.axis_name)
+        return fb.output(x, kd, ce_weight=self.ce_weight)
