@@ -77,15 +77,20 @@ class CifarResNet(nn.Module):
         "preact_feats" = [stem, and each stage's last block before its ReLU], "pooled_feat"
         (N, C), as mdistiller's CIFAR ResNet returns them."""
         x = F.relu(self.bn1(self.conv1(x)))
-        feats, preacts = [x], [x]
-        for layer in (self.layer1, self.layer2, self.layer3):
-            for block in layer[:-1]:
-                x = block(x)
-            x, preact = layer[-1].forward_preact(x)
-            feats.append(x)
-            preacts.append(preact)
-        pooled = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return self.fc(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
+        return _stage_features(x, (self.layer1, self.layer2, self.layer3), self.fc)
+
+
+def _stage_features(x: torch.Tensor, stages, fc: nn.Module) -> tuple[torch.Tensor, dict]:
+    """`features` after the stem `x`: each stage's output and its last block's pre-ReLU."""
+    feats, preacts = [x], [x]
+    for layer in stages:
+        for block in layer[:-1]:
+            x = block(x)
+        x, preact = layer[-1].forward_preact(x)
+        feats.append(x)
+        preacts.append(preact)
+    pooled = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+    return fc(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
 
 
 class ImageNetResNet(nn.Module):
@@ -117,16 +122,8 @@ class ImageNetResNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """(logits, feats) as `CifarResNet.features`, over the four stages."""
-        x = self._stem(x)
-        feats, preacts = [x], [x]
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in layer[:-1]:
-                x = block(x)
-            x, preact = layer[-1].forward_preact(x)
-            feats.append(x)
-            preacts.append(preact)
-        pooled = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return self.fc(pooled), {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
+        stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+        return _stage_features(self._stem(x), stages, self.fc)
 
 
 _SMALL = (16, 16, 32, 64)
