@@ -26,6 +26,17 @@ def test_no_module_exceeds_400_lines_and_there_is_no_grab_bag():
     assert not [p for p in modules if p.name in ("utils.py", "train_utils.py")]
 
 
+def test_no_function_in_the_package_exceeds_80_lines():
+    lengths = {
+        f"{p.relative_to(ROOT)}:{node.name}": node.end_lineno - node.lineno + 1
+        for p in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    assert max(lengths.values()) > 60  # the count sees whole functions, docstrings included
+    assert not {name: n for name, n in lengths.items() if n > 80}
+
+
 def test_benchmarks_and_experiments_follow_the_same_rules():
     files = sorted((ROOT / "benchmarks").rglob("*.py")) + sorted(
         (ROOT / "experiments").rglob("*.py")

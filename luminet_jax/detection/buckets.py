@@ -85,3 +85,46 @@ def epoch_schedule(steps: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     if len(steps) > 1:
         schedule = np.random.default_rng([seed, _SCHEDULE_TAG, epoch]).permutation(schedule)
     return schedule
+
+
+def train_plan(
+    local,
+    bucket_of,
+    bucket_steps,
+    pads,
+    local_batch,
+    *,
+    short_sides,
+    flip,
+    seed,
+    process_index,
+    start_step,
+):
+    """`data.make_train_iter`'s batches from `start_step` on: (pad size, [(example index,
+    {short_side, flip, pad_size}), ...]), a pure function of (seed, process, step).
+
+    `local`: the process's example indices; `bucket_of`: every example's bucket;
+    `bucket_steps`: steps per bucket and epoch (`steps_per_bucket`); `pads`: the buckets'
+    sizes; `short_sides`: the candidate short sides (array)."""
+    steps_per_epoch = int(bucket_steps.sum())
+    step, epoch = int(start_step), None
+    while True:
+        if step // steps_per_epoch != epoch:
+            epoch = step // steps_per_epoch
+            order = np.random.default_rng([seed, process_index, epoch]).permutation(local)
+            by_bucket = [order[bucket_of[order] == b] for b in range(len(pads))]
+            schedule = epoch_schedule(bucket_steps, seed, epoch)
+        k = step - epoch * steps_per_epoch
+        bucket = schedule[k]
+        r = int(np.count_nonzero(schedule[:k] == bucket))  # the bucket's r-th step
+        chosen = by_bucket[bucket][r * local_batch : (r + 1) * local_batch]
+        rng = np.random.default_rng([seed, process_index, epoch, k, 1])
+        shorts = rng.choice(short_sides, local_batch)
+        flips = rng.random(local_batch) < 0.5 if flip else np.zeros(local_batch, bool)
+        pad = pads[bucket]
+        keywords = [
+            dict(short_side=s, flip=f, pad_size=pad)
+            for s, f in zip(shorts.tolist(), flips.tolist())
+        ]
+        yield pad, list(zip(chosen.tolist(), keywords))
+        step += 1

@@ -19,6 +19,7 @@ same size (a function of (seed, step) only). Sources and dataset names: `detecti
 
 import collections
 import concurrent.futures
+import functools
 import math
 from collections.abc import Iterator, Sequence
 
@@ -151,9 +152,9 @@ def _padding(pad_size, max_gt) -> dict[str, np.ndarray]:
 
 
 def _batches(plan, split: Split, prepare, padding, num_workers: int):
-    """Yields stacked batches of `prepare(record, image, *args)` over each planned batch.
+    """Yields stacked batches of `prepare(record, image, **keywords)` over each planned batch.
 
-    `plan` yields (pad size, list of (example index, *args)); index -1 is an eval padding
+    `plan` yields (pad size, list of (example index, keywords)); index -1 is an eval padding
     example. Decoding, resizing and normalizing (into the batch's image array) run in a thread
     pool (PIL and numpy release the GIL), one batch ahead of the caller.
     """
@@ -161,7 +162,7 @@ def _batches(plan, split: Split, prepare, padding, num_workers: int):
     def load(item, out):
         if item[0] < 0:
             return padding, 0
-        example, dropped = prepare(*split.example(item[0]), *item[1:], out=out)
+        example, dropped = prepare(*split.example(item[0]), **item[1], out=out)
         example["index"] = np.int32(item[0])
         return (example if padding is None else dict(example, mask=np.float32(1))), dropped
 
@@ -237,6 +238,25 @@ def train_steps_per_epoch(
     return int(_bucket_steps(buckets, max(1, len(pads)), local_batch, process_count).sum())
 
 
+def _train_shard(
+    split, filter_empty, pads, short_sides, max_size, local_batch, process_index, process_count
+):
+    """(this process's train indices, the bucket of every example, steps per bucket)."""
+    indices = _train_indices(split, filter_empty)
+    buckets = _train_buckets(split, indices, pads, short_sides, max_size)
+    bucket_steps = _bucket_steps(buckets, len(pads), local_batch, process_count)
+    shard = _shard(len(indices), process_index, process_count, True)
+    local = indices[shard.start : shard.stop]
+    if bucket_steps.sum() == 0:
+        raise ValueError(f"{len(local)} train images per process < local batch {local_batch}")
+    unused = [pads[b] for b in range(len(pads)) if bucket_steps[b] == 0 and (buckets == b).any()]
+    if unused:
+        logging.warning("detection data: pad sizes %s get no steps (< a local batch)", unused)
+    bucket_of = np.zeros(split.size, np.int64)
+    bucket_of[indices] = buckets
+    return local, bucket_of, bucket_steps
+
+
 def make_train_iter(
     split: Split,
     *,
@@ -292,59 +312,26 @@ def make_train_iter(
     process_index, process_count = _process(process_index, process_count)
     pads = _check_pads(pad_size, pad_sizes)
     local_batch = _local_batch(global_batch, process_count)
-    indices = _train_indices(split, filter_empty)
-    buckets = _train_buckets(split, indices, pads, short_sides, max_size)
-    bucket_steps = _bucket_steps(buckets, len(pads), local_batch, process_count)
-    steps_per_epoch = int(bucket_steps.sum())
-    shard = _shard(len(indices), process_index, process_count, True)
-    local = indices[shard.start : shard.stop]
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(local)} train images per process < local batch {local_batch}")
-    unused = [pads[b] for b in range(len(pads)) if bucket_steps[b] == 0 and (buckets == b).any()]
-    if unused:
-        logging.warning("detection data: pad sizes %s get no steps (< a local batch)", unused)
-    bucket_of = np.zeros(split.size, np.int64)
-    bucket_of[indices] = buckets
-    short_sides = np.asarray(short_sides, np.int64)
-
-    def plan():
-        step, epoch = int(start_step), None
-        while True:
-            if step // steps_per_epoch != epoch:
-                epoch = step // steps_per_epoch
-                order = np.random.default_rng([seed, process_index, epoch]).permutation(local)
-                by_bucket = [order[bucket_of[order] == b] for b in range(len(pads))]
-                schedule = buckets_lib.epoch_schedule(bucket_steps, seed, epoch)
-            k = step - epoch * steps_per_epoch
-            bucket = schedule[k]
-            r = int(np.count_nonzero(schedule[:k] == bucket))  # the bucket's r-th step
-            chosen = by_bucket[bucket][r * local_batch : (r + 1) * local_batch]
-            rng = np.random.default_rng([seed, process_index, epoch, k, 1])
-            shorts = rng.choice(short_sides, local_batch)
-            flips = rng.random(local_batch) < 0.5 if flip else np.zeros(local_batch, bool)
-            pad = pads[bucket]
-            yield (
-                pad,
-                list(zip(chosen.tolist(), shorts.tolist(), flips.tolist(), [pad] * len(chosen))),
-            )
-            step += 1
-
-    def prepare(record, image, short_side, flipped, pad, out):
-        return transform(
-            record,
-            image,
-            short_side=short_side,
-            max_size=max_size,
-            flip=flipped,
-            pad_size=pad,
-            max_gt=max_gt,
-            mean=mean,
-            std=std,
-            bgr=bgr,
-            out=out,
-        )
-
-    return _batches(plan(), split, prepare, None, num_workers)
+    local, bucket_of, bucket_steps = _train_shard(
+        split, filter_empty, pads, short_sides, max_size, local_batch, process_index, process_count
+    )
+    sides = np.asarray(short_sides, np.int64)
+    plan = buckets_lib.train_plan(
+        local,
+        bucket_of,
+        bucket_steps,
+        pads,
+        local_batch,
+        short_sides=sides,
+        flip=flip,
+        seed=seed,
+        process_index=process_index,
+        start_step=start_step,
+    )
+    prepare = functools.partial(
+        transform, max_size=max_size, max_gt=max_gt, mean=mean, std=std, bgr=bgr
+    )
+    return _batches(plan, split, prepare, None, num_workers)
 
 
 def make_eval_iter(
@@ -375,23 +362,18 @@ def make_eval_iter(
     num_batches = math.ceil(per_process / local_batch)
     local += [-1] * (num_batches * local_batch - len(local))
     plan = (
-        (pad_size, [(i,) for i in local[b * local_batch : (b + 1) * local_batch]])
+        (pad_size, [(i, {}) for i in local[b * local_batch : (b + 1) * local_batch]])
         for b in range(num_batches)
     )
-
-    def prepare(record, image, out):
-        return transform(
-            record,
-            image,
-            short_side=short_side,
-            max_size=max_size,
-            flip=False,
-            pad_size=pad_size,
-            max_gt=max_gt,
-            mean=mean,
-            std=std,
-            bgr=bgr,
-            out=out,
-        )
-
+    prepare = functools.partial(
+        transform,
+        short_side=short_side,
+        max_size=max_size,
+        flip=False,
+        pad_size=pad_size,
+        max_gt=max_gt,
+        mean=mean,
+        std=std,
+        bgr=bgr,
+    )
     return _batches(plan, split, prepare, _padding(pad_size, max_gt), num_workers)

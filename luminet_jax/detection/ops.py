@@ -81,6 +81,22 @@ def _greedy_within(alive: jax.Array, suppresses: jax.Array, axes: frozenset) -> 
     return keep
 
 
+def _sorted_padded(
+    boxes: jax.Array, scores: jax.Array, mask: jax.Array | None, size: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`nms`'s visiting order: (boxes sorted and zero-padded to `size` rows, their indices
+    (-1 in the padding), the number of valid boxes). Valid boxes first, each part by
+    descending score; the sort is stable, so equal scores keep index order."""
+    n = boxes.shape[0]
+    valid = jnp.ones((n,), bool) if mask is None else mask.astype(bool)
+    _, _, order = jax.lax.sort(
+        (~valid, -scores, jnp.arange(n, dtype=jnp.int32)), num_keys=2, is_stable=True
+    )
+    sorted_boxes = jnp.pad(boxes[order], ((0, size - n), (0, 0)))
+    order = jnp.pad(order, (0, size - n), constant_values=-1)
+    return sorted_boxes, order, valid.sum(dtype=jnp.int32)
+
+
 def nms(
     boxes: jax.Array,
     scores: jax.Array,
@@ -118,18 +134,9 @@ def nms(
     n = boxes.shape[0]
     if n == 0 or max_outputs <= 0:
         return jnp.full((max_outputs,), -1, jnp.int32), jnp.zeros((), jnp.int32)
-    valid = jnp.ones((n,), bool) if mask is None else mask.astype(bool)
-    # Valid boxes first, each part by descending score; the sort is stable, so equal scores
-    # keep index order.
-    _, _, order = jax.lax.sort(
-        (~valid, -scores, jnp.arange(n, dtype=jnp.int32)), num_keys=2, is_stable=True
-    )
-    num_valid = valid.sum(dtype=jnp.int32)
     block = max(1, min(int(block_size), n))
     num_blocks = -(-n // block)
-    pad = num_blocks * block - n
-    sorted_boxes = jnp.pad(boxes[order], ((0, pad), (0, 0)))
-    order = jnp.pad(order, (0, pad), constant_values=-1)
+    sorted_boxes, order, num_valid = _sorted_padded(boxes, scores, mask, num_blocks * block)
     slots = max_outputs + block  # < max_outputs kept before a block, <= block kept in it
     upper = jnp.arange(block)[:, None] < jnp.arange(block)[None, :]
     axes = _varying_axes(sorted_boxes) | _varying_axes(num_valid)
