@@ -19,6 +19,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from luminet_jax.data import normalize
+
 DATA_AXIS = "data"
 PADDING = 4
 
@@ -102,10 +104,8 @@ def _batch_fn(
     batch_images = jnp.take(images, index, axis=0)
     if augment == "cifar":
         batch_images = random_crop_flip(batch_images, aug_key)
-    pixels = batch_images.astype(jnp.float32) / 255.0
-    normalized = (pixels - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
     batch = {
-        "image": normalized,
+        "image": normalize.normalize(batch_images, mean, std),
         "label": jnp.take(labels, index, axis=0).astype(jnp.int32),
         "index": index.astype(jnp.int32),  # the examples' positions in the split (CRD)
     }
@@ -255,14 +255,12 @@ class EvalData:
         self._sharding = NamedSharding(mesh, P(None, DATA_AXIS))
         mask = place(np.ones(n, np.float32), np.float32)  # padding rows: 0
 
-        def normalize(pixels, mask):  # padding images stay zero, as `eval_batches`' do
-            x = (pixels.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / (
-                jnp.asarray(std, jnp.float32)
-            )
+        def normalized(pixels, mask):  # padding images stay zero, as `eval_batches`' do
+            x = normalize.normalize(pixels, mean, std)
             return jnp.where(mask[..., None, None, None] > 0, x, 0.0)
 
         self.arrays = {  # (num_batches, B, ...) on the devices; images normalized float32
-            "image": jax.jit(normalize, out_shardings=self._sharding)(
+            "image": jax.jit(normalized, out_shardings=self._sharding)(
                 place(images, np.uint8), mask
             ),
             "label": place(labels, np.int32),
@@ -295,7 +293,9 @@ def eval_batches(
     """Padded, masked host batches over arrays; every example appears exactly once.
 
     Yields this process's rows of each global batch (all of it with one process), ready for
-    `sharding.to_global`. Padding rows have zero images, label 0 and mask 0.
+    `sharding.to_global`. Padding rows have zero images, label 0 and mask 0. The trainer
+    evaluates through `EvalData`; this host path is what that is tested against (and the
+    "before" of benchmarks/eval_bench.py).
 
     Args:
       images: (N, H, W, C); uint8 images are normalized with `mean`/`std` (required then),
